@@ -1,0 +1,68 @@
+"""/v1/files"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, StorageDep
+from app.core.config import Settings
+from app.protocol.common import ListResponse
+from app.protocol.files import FileDeleted, FileObject
+from app.services import files as service
+from app.services.storage import LocalStorage
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.post("", response_model=FileObject)
+def upload_file(
+    file: UploadFile = File(...),
+    purpose: str = Form(...),
+    caller: Caller = CallerDep,
+    session: Session = SessionDep,
+    storage: LocalStorage = StorageDep,
+    settings: Settings = SettingsDep,
+) -> FileObject:
+    row = service.create_file(session, storage, caller, upload=file.file, filename=file.filename or "",
+                              purpose=purpose, max_bytes=settings.max_upload_bytes)
+    return service.to_wire(row)
+
+
+@router.get("", response_model=ListResponse[FileObject])
+def list_files(
+    purpose: str | None = None,
+    limit: int = Query(10000, ge=1, le=10000),
+    after: str | None = None,
+    order: Literal["asc", "desc"] = "desc",
+    caller: Caller = CallerDep,
+    session: Session = SessionDep,
+) -> ListResponse[FileObject]:
+    rows, has_more = service.list_files(session, caller, purpose=purpose, limit=limit, after=after, order=order)
+    data = [service.to_wire(r) for r in rows]
+    return ListResponse[FileObject](data=data, has_more=has_more,
+                                    first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def retrieve_file(file_id: str, caller: Caller = CallerDep, session: Session = SessionDep) -> FileObject:
+    return service.to_wire(service.get_file(session, caller, file_id))
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, caller: Caller = CallerDep, session: Session = SessionDep,
+                storage: LocalStorage = StorageDep) -> FileDeleted:
+    service.delete_file(session, storage, caller, file_id)
+    return FileDeleted(id=file_id)
+
+
+@router.get("/{file_id}/content")
+def file_content(file_id: str, caller: Caller = CallerDep, session: Session = SessionDep,
+                 storage: LocalStorage = StorageDep) -> StreamingResponse:
+    row = service.get_file(session, caller, file_id)
+    media = "text/csv" if row.storage_key.endswith(".csv") else "application/jsonl"
+    return StreamingResponse(storage.iter_bytes(row.storage_key), media_type=media,
+                             headers={"content-length": str(row.bytes)})

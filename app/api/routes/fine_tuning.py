@@ -1,0 +1,99 @@
+"""/v1/fine_tuning/jobs"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
+from app.core.config import Settings
+from app.core.db import session_scope
+from app.core.errors import APIError
+from app.protocol.common import ListResponse
+from app.protocol.fine_tuning import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
+from app.services import events as event_service
+from app.services import jobs as service
+from app.services.event_stream import follow_job_events
+from app.services.queue import enqueue_training
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+log = logging.getLogger("whetstone.jobs")
+
+
+@router.post("", response_model=FineTuningJob)
+def create_job(body: CreateJobRequest, request: Request, caller: Caller = CallerDep,
+               settings: Settings = SettingsDep) -> FineTuningJob:
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        job = service.create_job(session, settings, caller, body)
+    # Only after the commit: a worker that picks the id up must find the row.
+    try:
+        enqueue_training(settings, job.id)
+    except Exception as exc:  # broker down: the job cannot run, say so rather than leave it hanging
+        log.exception("enqueue failed for %s", job.id)
+        with session_scope(url) as session:
+            service.mark_enqueue_failed(session, service.get_job(session, caller, job.id), str(exc))
+        raise APIError(503, "The job queue is unavailable; the job was not started. Please retry.",
+                       type="server_error", code="queue_unavailable") from None
+    with session_scope(url) as session:
+        return service.to_wire(service.get_job(session, caller, job.id))
+
+
+@router.get("", response_model=ListResponse[FineTuningJob])
+def list_jobs(limit: int = Query(20, ge=1, le=100), after: str | None = None, caller: Caller = CallerDep,
+              session: Session = SessionDep) -> ListResponse[FineTuningJob]:
+    rows, has_more = service.list_jobs(session, caller, limit=limit, after=after)
+    return ListResponse[FineTuningJob](data=[service.to_wire(r) for r in rows], has_more=has_more)
+
+
+@router.get("/{job_id}", response_model=FineTuningJob)
+def retrieve_job(job_id: str, caller: Caller = CallerDep, session: Session = SessionDep) -> FineTuningJob:
+    return service.to_wire(service.get_job(session, caller, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+def cancel_job(job_id: str, caller: Caller = CallerDep, session: Session = SessionDep) -> FineTuningJob:
+    return service.to_wire(service.cancel_job(session, caller, job_id))
+
+
+@router.get("/{job_id}/events", response_model=ListResponse[JobEvent])
+def list_events(
+    request: Request,
+    job_id: str,
+    limit: int = Query(20, ge=1, le=1000),
+    after: str | None = None,
+    stream: bool = False,
+    last_event_id: str | None = Header(None),
+    caller: Caller = CallerDep,
+    session: Session = SessionDep,
+):
+    job = service.get_job(session, caller, job_id)
+    if stream:
+        since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        settings: Settings = request.app.state.settings
+        return StreamingResponse(
+            follow_job_events(settings, job.pk, since, request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    after_pk = None
+    if after:
+        after_pk = event_service.event_pk(session, job.pk, after)
+        if after_pk is None:
+            raise APIError(404, f"No such event: '{after}'", param="after")
+    rows, has_more = event_service.events_newest_first(session, job.pk, limit=limit, after_pk=after_pk)
+    return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListResponse[JobCheckpoint])
+def list_checkpoints(job_id: str, limit: int = Query(10, ge=1, le=100), after: str | None = None,
+                     caller: Caller = CallerDep, session: Session = SessionDep) -> ListResponse[JobCheckpoint]:
+    job = service.get_job(session, caller, job_id)
+    rows, has_more = service.list_checkpoints(session, job, limit=limit, after=after)
+    data = [service.checkpoint_to_wire(r, job) for r in rows]
+    return ListResponse[JobCheckpoint](data=data, has_more=has_more, first_id=data[0].id if data else None,
+                                       last_id=data[-1].id if data else None)
+

@@ -1,0 +1,71 @@
+"""One place for every knob. Environment variables use the WHETSTONE_ prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WHETSTONE_", extra="ignore")
+
+    data_dir: Path = Path(".whetstone")
+    # Empty means "derive from data_dir" (SQLite file, SQL broker): the embedded default.
+    database_url: str = ""
+    broker_url: str = ""
+    base_models_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # The name our fine-tuned model ids carry for the owning organisation comes from the project.
+    queue: str = "whetstone"
+    max_upload_bytes: int = 1 << 30
+    # Inference
+    max_tokens_default: int = 256
+    # Seconds between DB polls for SSE followers.
+    events_poll_interval: float = 0.5
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'whetstone.sqlite3'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.sqlite3'}"
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return self.resolved_broker_url.startswith("sqla+")
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.resolved_data_dir / "files"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Adapters and checkpoints, one folder per job."""
+        return self.resolved_data_dir / "jobs"
+
+    @property
+    def resolved_base_models_dir(self) -> Path:
+        if self.base_models_dir is not None:
+            return self.base_models_dir.expanduser().resolve()
+        return self.resolved_data_dir / "base_models"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.resolved_data_dir, self.storage_dir, self.jobs_dir, self.resolved_base_models_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

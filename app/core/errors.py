@@ -1,0 +1,94 @@
+"""OpenAI-shaped errors: HTTP status + {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("whetstone.errors")
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+
+def invalid(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def not_found(kind: str, object_id: str, *, param: str | None = None) -> APIError:
+    return APIError(404, f"No such {kind}: '{object_id}'", param=param, code=f"{kind}_not_found".replace(" ", "_"))
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _json(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+_NOT_FIELDS = {"body", "query", "path", "header", "form", "int", "float", "str", "bool", "list", "dict"}
+
+
+def _param_from_loc(loc: tuple) -> str | None:
+    """('body', 'hyperparameters', 'n_epochs', "literal['auto']") -> 'hyperparameters.n_epochs'."""
+    parts = [str(p) for p in loc if str(p) not in _NOT_FIELDS and re.fullmatch(r"\w+", str(p))]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return _json(exc.status_code, error_body(exc.message, exc.type, exc.param, exc.code), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        param = _param_from_loc(tuple(errors[0].get("loc", ()))) if errors else None
+        # A union ("auto" or a number) fails once per branch: say all of them.
+        reasons = [e.get("msg", "") for e in errors if _param_from_loc(tuple(e.get("loc", ()))) == param]
+        reason = " or ".join(dict.fromkeys(r for r in reasons if r)) or "invalid request"
+        message = f"Invalid value for '{param}': {reason}" if param else f"Invalid request: {reason}"
+        return _json(400, error_body(message, "invalid_request_error", param, "invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "Unknown request URL. Please check the URL and method."
+        if exc.status_code == 405:
+            message = "Method not allowed for this URL."
+        return _json(exc.status_code, error_body(message, kind, None, None), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "unknown")
+        log.exception("unhandled error (request %s)", request_id, exc_info=exc)
+        return _json(
+            500,
+            error_body(f"The server had an error processing your request (request id {request_id}).", "server_error"),
+            {"x-request-id": request_id},
+        )

@@ -1,0 +1,96 @@
+"""Files: upload (validated while it streams to storage), list, retrieve, delete, content."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.auth import Caller
+from app.core.errors import APIError, invalid, not_found
+from app.core.ids import new_id
+from app.models import File
+from app.protocol.files import FileObject
+from app.services.storage import CHUNK, LocalStorage
+from worker.training.validation import InvalidExample, validate_lines
+
+PURPOSES = {"fine-tune"}
+# Purposes a client may read but not upload: results written by the service itself.
+READ_ONLY_PURPOSES = {"fine-tune-results"}
+
+
+def to_wire(row: File) -> FileObject:
+    return FileObject(id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename,
+                      purpose=row.purpose, status=row.status)
+
+
+def _lines(source: BinaryIO, sink, limit: int):
+    """Yield the upload's lines while copying every byte to `sink`; 413 past `limit` bytes."""
+    pending = b""
+    while chunk := source.read(CHUNK):
+        sink.write(chunk)
+        if sink.bytes > limit:
+            raise APIError(413, f"File is larger than the limit of {limit} bytes.", param="file",
+                           code="file_too_large")
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from complete
+    if pending:
+        yield pending
+
+
+def create_file(session: Session, storage: LocalStorage, caller: Caller, *, upload: BinaryIO,
+                filename: str, purpose: str, max_bytes: int) -> File:
+    if purpose not in PURPOSES:
+        raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
+                      param="purpose", code="invalid_purpose")
+    file_id = new_id("file")
+    key = f"{caller.project_id}/{file_id}.jsonl"
+    with storage.writer(key) as writer:
+        try:
+            summary = validate_lines(_lines(upload, writer, max_bytes))
+        except InvalidExample as exc:
+            where = f"line {exc.line}: " if exc.line else ""
+            raise invalid(f"Invalid file format for fine-tuning: {where}{exc.reason}", param="file",
+                          code="invalid_file_format") from None
+        row = File(id=file_id, project_pk=caller.project_pk, filename=filename[:512] or "upload.jsonl",
+                   purpose=purpose, bytes=writer.bytes, status="processed", storage_key=key,
+                   data_format=summary.format, n_examples=summary.n_examples)
+        session.add(row)
+        session.flush()
+        writer.commit()
+        try:
+            session.commit()
+        except BaseException:
+            storage.delete(key)
+            raise
+    return row
+
+
+def get_file(session: Session, caller: Caller, file_id: str, *, param: str | None = None) -> File:
+    row = session.scalar(select(File).where(File.id == file_id, File.project_pk == caller.project_pk))
+    if row is None:
+        raise not_found("file", file_id, param=param)
+    return row
+
+
+def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: int, after: str | None,
+               order: str) -> tuple[list[File], bool]:
+    query = select(File).where(File.project_pk == caller.project_pk)
+    if purpose:
+        query = query.where(File.purpose == purpose)
+    descending = order != "asc"
+    if after:
+        cursor = get_file(session, caller, after, param="after")
+        query = query.where(File.pk < cursor.pk if descending else File.pk > cursor.pk)
+    query = query.order_by(File.pk.desc() if descending else File.pk.asc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    return rows[:limit], len(rows) > limit
+
+
+def delete_file(session: Session, storage: LocalStorage, caller: Caller, file_id: str) -> None:
+    row = get_file(session, caller, file_id)
+    session.delete(row)
+    session.flush()
+    storage.delete(row.storage_key)

@@ -1,0 +1,140 @@
+"""Fine-tuning jobs: create (validated, then enqueued after commit), list, retrieve, cancel."""
+
+from __future__ import annotations
+
+import random
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core.auth import Caller
+from app.core.config import Settings
+from app.core.errors import APIError, invalid, not_found
+from app.core.ids import new_id, now
+from app.models import Checkpoint, File, FineTuningJob
+from app.protocol.fine_tuning import CreateJobRequest, Hyperparameters, JobCheckpoint, JobError
+from app.protocol.fine_tuning import FineTuningJob as FineTuningJobWire
+from app.services.base_models import find_base_model
+from app.services.events import add_event
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def short_id(job_id: str) -> str:
+    return job_id.removeprefix("ftjob-")[:8]
+
+
+def fine_tuned_model_name(job: FineTuningJob, org: str) -> str:
+    return f"ft:{job.model}:{org}:{job.suffix or ''}:{short_id(job.id)}"
+
+
+def to_wire(job: FineTuningJob) -> FineTuningJobWire:
+    hyper = job.resolved_hyperparameters or job.hyperparameters
+    return FineTuningJobWire(
+        id=job.id, created_at=job.created_at, error=JobError(**job.error) if job.error else None,
+        fine_tuned_model=job.fine_tuned_model, finished_at=job.finished_at, hyperparameters=hyper,
+        model=job.model, organization_id=job.project.id, result_files=list(job.result_files or []),
+        status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
+        validation_file=job.validation_file, seed=job.seed,
+        method={"type": "supervised", "supervised": {"hyperparameters": hyper}}, metadata=job.job_metadata,
+    )
+
+
+def _training_data(session: Session, caller: Caller, file_id: str, param: str) -> File:
+    row = session.scalar(select(File).where(File.id == file_id, File.project_pk == caller.project_pk))
+    if row is None:
+        raise invalid(f"invalid {param}: no file '{file_id}' in this project", param=param, code=f"invalid_{param}")
+    if row.purpose != "fine-tune":
+        raise invalid(f"invalid {param}: file '{file_id}' has purpose '{row.purpose}', expected 'fine-tune'",
+                      param=param, code=f"invalid_{param}")
+    return row
+
+
+def _requested_hyperparameters(request: CreateJobRequest) -> Hyperparameters:
+    method_hp = request.method.supervised.hyperparameters if request.method and request.method.supervised else None
+    if request.hyperparameters and method_hp:
+        raise invalid("Give hyperparameters either at the top level or in method.supervised, not both.",
+                      param="hyperparameters")
+    return method_hp or request.hyperparameters or Hyperparameters()
+
+
+def create_job(session: Session, settings: Settings, caller: Caller, request: CreateJobRequest) -> FineTuningJob:
+    if find_base_model(settings, request.model) is None:
+        raise invalid(f"Model '{request.model}' is not available for fine-tuning or does not exist.",
+                      param="model", code="model_not_available")
+    if request.integrations:
+        raise invalid("Integrations are not supported by this server.", param="integrations")
+    training = _training_data(session, caller, request.training_file, "training_file")
+    if request.validation_file:
+        validation = _training_data(session, caller, request.validation_file, "validation_file")
+        if validation.data_format != training.data_format:
+            raise invalid(f"validation_file is in {validation.data_format} format but training_file is in "
+                          f"{training.data_format} format", param="validation_file", code="invalid_validation_file")
+    job = FineTuningJob(
+        id=new_id("ftjob"), project_pk=caller.project_pk, model=request.model, training_file=training.id,
+        validation_file=request.validation_file, suffix=request.suffix or None,
+        seed=request.seed if request.seed is not None else random.randrange(2**31),
+        hyperparameters=_requested_hyperparameters(request).model_dump(), status="validating_files",
+        result_files=[], job_metadata=request.metadata,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.pk, f"Created fine-tuning job: {job.id}")
+    return job
+
+
+def get_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
+    job = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id,
+                                                     FineTuningJob.project_pk == caller.project_pk))
+    if job is None:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+def list_jobs(session: Session, caller: Caller, *, limit: int, after: str | None) -> tuple[list[FineTuningJob], bool]:
+    query = select(FineTuningJob).where(FineTuningJob.project_pk == caller.project_pk)
+    if after:
+        query = query.where(FineTuningJob.pk < get_job(session, caller, after).pk)
+    rows = list(session.scalars(query.order_by(FineTuningJob.pk.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
+    job = get_job(session, caller, job_id)
+    # One conditional UPDATE: a worker finishing at the same moment cannot be overwritten, nor overwrite us.
+    changed = session.execute(
+        update(FineTuningJob).where(FineTuningJob.pk == job.pk, FineTuningJob.status.not_in(TERMINAL))
+        .values(status="cancelled", finished_at=now())
+    ).rowcount
+    if not changed:
+        session.refresh(job)
+        raise APIError(400, f"Job {job.id} has already {job.status} and cannot be cancelled.", param="fine_tuning_job_id",
+                       code="job_not_cancellable")
+    add_event(session, job.pk, "Fine-tuning job cancelled by the user")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def mark_enqueue_failed(session: Session, job: FineTuningJob, reason: str) -> None:
+    session.execute(update(FineTuningJob).where(FineTuningJob.pk == job.pk, FineTuningJob.status.not_in(TERMINAL))
+                    .values(status="failed", finished_at=now(),
+                            error={"code": "queue_unavailable", "message": reason, "param": None}))
+    add_event(session, job.pk, f"Could not queue the job: {reason}", level="error")
+
+
+def checkpoint_to_wire(row: Checkpoint, job: FineTuningJob) -> JobCheckpoint:
+    return JobCheckpoint(id=row.id, created_at=row.created_at, fine_tuned_model_checkpoint=row.model_id,
+                         fine_tuning_job_id=job.id, step_number=row.step_number,
+                         metrics={k: float(v) for k, v in row.metrics.items() if v is not None})
+
+
+def list_checkpoints(session: Session, job: FineTuningJob, *, limit: int, after: str | None) -> tuple[list[Checkpoint], bool]:
+    query = select(Checkpoint).where(Checkpoint.job_pk == job.pk)
+    if after:
+        cursor = session.scalar(select(Checkpoint.pk).where(Checkpoint.job_pk == job.pk, Checkpoint.id == after))
+        if cursor is None:
+            raise not_found("checkpoint", after, param="after")
+        query = query.where(Checkpoint.pk < cursor)
+    rows = list(session.scalars(query.order_by(Checkpoint.pk.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit

@@ -1,0 +1,62 @@
+"""Which model a request names: a base model, a fine-tuned model, or one of its checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.auth import Caller
+from app.core.config import Settings
+from app.core.errors import APIError
+from app.models import Checkpoint, FineTunedModel, FineTuningJob
+from app.protocol.models import ModelObject
+from app.services.base_models import OWNER, find_base_model, list_base_models
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What the inference engine needs: the base model's name and, for a fine-tune, its adapter."""
+
+    model_id: str
+    base_model: str
+    adapter_path: Path | None
+
+
+def model_not_found(model_id: str) -> APIError:
+    return APIError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
+                    param="model", code="model_not_found")
+
+
+def resolve_model(session: Session, settings: Settings, caller: Caller, model_id: str) -> ModelTarget:
+    if find_base_model(settings, model_id) is not None:
+        return ModelTarget(model_id, model_id, None)
+    row = session.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id,
+                                                      FineTunedModel.project_pk == caller.project_pk))
+    if row is not None:
+        return ModelTarget(model_id, row.base_model, Path(row.adapter_path))
+    found = session.execute(
+        select(Checkpoint, FineTuningJob).join(FineTuningJob, Checkpoint.job_pk == FineTuningJob.pk)
+        .where(Checkpoint.model_id == model_id, FineTuningJob.project_pk == caller.project_pk)
+    ).first()
+    if found is not None:
+        checkpoint, job = found
+        return ModelTarget(model_id, job.model, Path(checkpoint.adapter_path))
+    raise model_not_found(model_id)
+
+
+def list_models(session: Session, settings: Settings, caller: Caller) -> list[ModelObject]:
+    models = [ModelObject(id=m.name, created=m.created, owned_by=OWNER) for m in list_base_models(settings)]
+    rows = session.scalars(select(FineTunedModel).where(FineTunedModel.project_pk == caller.project_pk)
+                           .order_by(FineTunedModel.pk))
+    models += [ModelObject(id=r.id, created=r.created_at, owned_by=caller.project_name) for r in rows]
+    return models
+
+
+def retrieve_model(session: Session, settings: Settings, caller: Caller, model_id: str) -> ModelObject:
+    for model in list_models(session, settings, caller):
+        if model.id == model_id:
+            return model
+    raise model_not_found(model_id)

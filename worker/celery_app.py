@@ -1,0 +1,29 @@
+"""The Celery application. The broker carries only job ids; the database owns job state."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.core.config import Settings, get_settings
+
+TRAIN_TASK = "whetstone.train_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("whetstone", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=1,  # a fresh process per job: GPU memory is freed between jobs
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+app = make_celery(get_settings())

@@ -1,0 +1,203 @@
+"""The job lifecycle, run by a worker for one job id.
+
+The database owns the job; the broker message is only a hint. Every status change is one
+conditional UPDATE from the status we expect, so a second delivery of the same id, a user's
+cancel racing the end of training, or a late write from a stale worker changes nothing.
+
+validating_files -> queued -> running -> succeeded | failed ; cancelled at any point by the user.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.core.ids import new_id, now
+from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
+from app.services.base_models import ensure_base_model
+from app.services.events import add_event
+from app.services.jobs import fine_tuned_model_name
+from app.services.storage import LocalStorage
+from worker.celery_app import TRAIN_TASK, app
+from worker.training.validation import InvalidExample, validate_lines
+
+log = logging.getLogger("whetstone.worker")
+MIN_EXAMPLES = 10
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message, "param": param}
+
+
+@app.task(name=TRAIN_TASK)
+def train_job(job_id: str) -> None:
+    run_job(get_settings(), job_id)
+
+
+class JobRun:
+    """Database side of one job's run: status moves, events, checkpoints, the result."""
+
+    def __init__(self, settings: Settings, job: FineTuningJob, org: str) -> None:
+        self.settings = settings
+        self.url = settings.resolved_database_url
+        self.job = job
+        self.model_name = fine_tuned_model_name(job, org)
+        self.workdir = settings.jobs_dir / job.id
+        self.storage = LocalStorage(settings.storage_dir)
+        self._checked_at = 0.0
+        self._cancelled = False
+
+    def move(self, expected: str, new: str, message: str | None = None, **values: Any) -> bool:
+        with session_scope(self.url) as session:
+            changed = session.execute(update(FineTuningJob).where(
+                FineTuningJob.pk == self.job.pk, FineTuningJob.status == expected).values(status=new, **values)).rowcount
+            if changed and message:
+                add_event(session, self.job.pk, message)
+        return bool(changed)
+
+    def event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None:
+        with session_scope(self.url) as session:
+            add_event(session, self.job.pk, message, level=level, type=type, data=data)
+
+    # TrainingCallbacks
+    def on_event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None:
+        self.event(message, type=type, level=level, data=data)
+
+    def should_stop(self) -> bool:
+        if not self._cancelled and time.monotonic() - self._checked_at > 1.0:
+            self._checked_at = time.monotonic()
+            with session_scope(self.url) as session:
+                status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.pk == self.job.pk))
+            self._cancelled = status != "running"
+        return self._cancelled
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None:
+        with session_scope(self.url) as session:
+            session.add(Checkpoint(id=new_id("ftckpt"), job_pk=self.job.pk, step_number=step,
+                                   metrics={k: v for k, v in metrics.items() if v is not None},
+                                   model_id=f"{self.model_name}:ckpt-step-{step}", adapter_path=str(path)))
+            add_event(session, self.job.pk, f"Checkpoint created at step {step}")
+
+    def data_path(self, file_id: str, param: str) -> tuple[Path, int]:
+        with session_scope(self.url) as session:
+            row = session.scalar(select(File).where(File.id == file_id, File.project_pk == self.job.project_pk))
+        if row is None:
+            raise JobFailed(f"invalid_{param}", f"The {param} {file_id} no longer exists.", param)
+        path = self.storage.path(row.storage_key)
+        try:
+            with path.open("rb") as fh:
+                summary = validate_lines(fh)
+        except InvalidExample as exc:
+            raise JobFailed(f"invalid_{param}", f"The {param} {file_id} is invalid: {exc}", param) from None
+        return path, summary.n_examples
+
+    def results_file(self, metrics: list[dict]) -> str:
+        columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in metrics:
+            values = [row.get("step"), row.get("train_loss"), row.get("train_mean_token_accuracy"),
+                      row.get("valid_loss"), row.get("valid_mean_token_accuracy")]
+            writer.writerow(["" if v is None else v for v in values])
+        content = out.getvalue().encode()
+        file_id = new_id("file")
+        key = f"{self.job.project.id}/{file_id}.csv"
+        with self.storage.writer(key) as w:
+            w.write(content)
+            w.commit()
+        with session_scope(self.url) as session:
+            session.add(File(id=file_id, project_pk=self.job.project_pk, filename="step_metrics.csv",
+                             purpose="fine-tune-results", bytes=len(content), storage_key=key))
+        return file_id
+
+    def succeed(self, adapter_dir: Path, trained_tokens: int, result_file: str) -> bool:
+        with session_scope(self.url) as session:
+            changed = session.execute(update(FineTuningJob).where(
+                FineTuningJob.pk == self.job.pk, FineTuningJob.status == "running").values(
+                status="succeeded", fine_tuned_model=self.model_name, trained_tokens=trained_tokens,
+                finished_at=now(), result_files=[result_file])).rowcount
+            if not changed:
+                session.rollback()
+                return False
+            session.add(FineTunedModel(id=self.model_name, project_pk=self.job.project_pk, job_pk=self.job.pk,
+                                       base_model=self.job.model, adapter_path=str(adapter_dir)))
+            add_event(session, self.job.pk, f"New fine-tuned model created: {self.model_name}")
+            add_event(session, self.job.pk, "The job has successfully completed")
+        return True
+
+    def fail(self, error: dict) -> None:
+        with session_scope(self.url) as session:
+            changed = session.execute(update(FineTuningJob).where(
+                FineTuningJob.pk == self.job.pk, FineTuningJob.status.in_(["validating_files", "queued", "running"]))
+                .values(status="failed", finished_at=now(), error=error)).rowcount
+            if changed:
+                add_event(session, self.job.pk, f"Fine-tuning job failed: {error['message']}", level="error")
+
+
+def run_job(settings: Settings, job_id: str) -> None:
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id))
+        if job is None:
+            log.warning("job %s does not exist; dropping the message", job_id)
+            return
+        org = job.project.name
+    if job.status != "validating_files":
+        log.info("job %s is %s; nothing to do (redelivered message)", job_id, job.status)
+        return
+    run = JobRun(settings, job, org)
+    try:
+        _run(run)
+    except JobFailed as exc:
+        run.fail(exc.error)
+    except Exception as exc:  # the user sees a clear error; the log keeps the trace
+        log.exception("job %s failed", job_id)
+        run.fail({"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"[:1000], "param": None})
+
+
+def _run(run: JobRun) -> None:
+    from worker.training import LoraSettings, TrainingConfig, resolve_hyperparameters, train
+
+    job = run.job
+    run.event(f"Validating training file: {job.training_file}")
+    training_path, n_examples = run.data_path(job.training_file, "training_file")
+    if n_examples < MIN_EXAMPLES:
+        raise JobFailed("invalid_training_file", f"Training file has {n_examples} example(s), but must have at "
+                        f"least {MIN_EXAMPLES} examples", "training_file")
+    validation_path = None
+    if job.validation_file:
+        run.event(f"Validating validation file: {job.validation_file}")
+        validation_path, _ = run.data_path(job.validation_file, "validation_file")
+    try:
+        hyper = resolve_hyperparameters(job.hyperparameters, n_examples)
+    except ValueError as exc:
+        raise JobFailed("invalid_hyperparameters", str(exc), "hyperparameters") from None
+    resolved = {"n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
+                "learning_rate_multiplier": hyper.learning_rate_multiplier}
+    if not run.move("validating_files", "queued", "Files validated, moving job to queued state",
+                    resolved_hyperparameters=resolved):
+        return
+    if not run.move("queued", "running", "Fine-tuning job started", started_at=now()):
+        return
+    base_dir = ensure_base_model(run.settings, job.model)
+    config = TrainingConfig(
+        base_model_dir=base_dir, training_file=training_path, validation_file=validation_path,
+        output_dir=run.workdir / "adapter", checkpoint_dir=run.workdir / "checkpoints",
+        hyperparameters=hyper, lora=LoraSettings(), seed=job.seed,
+    )
+    result = train(config, run)
+    if result.stopped:
+        run.event("Training stopped: the job is no longer running")
+        return
+    result_file = run.results_file(result.metrics)
+    run.succeed(result.adapter_dir, result.trained_tokens, result_file)
