@@ -15,9 +15,26 @@ SPEC = Path(__file__).parent / "contract" / "openai-openapi-subset.yaml"
 URI = "urn:openai-openapi"
 
 
+def _openapi30_bounds_to_2020(node: object) -> None:
+    """The spec keeps a few OpenAPI 3.0 forms (`minimum: 0, exclusiveMinimum: true`) that JSON Schema
+    2020-12 reads differently (`exclusiveMinimum: true` == 1); translate them as OpenAPI 3.1 does."""
+    if isinstance(node, dict):
+        for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if node.get(exclusive) is True:
+                node[exclusive] = node.pop(bound)
+            elif node.get(exclusive) is False:
+                del node[exclusive]
+        for value in node.values():
+            _openapi30_bounds_to_2020(value)
+    elif isinstance(node, list):
+        for value in node:
+            _openapi30_bounds_to_2020(value)
+
+
 @lru_cache
 def _registry() -> Registry:
     spec = yaml.safe_load(SPEC.read_text())
+    _openapi30_bounds_to_2020(spec)
     return Registry().with_resource(URI, Resource(contents=spec, specification=DRAFT202012))
 
 
