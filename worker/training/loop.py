@@ -100,9 +100,15 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _loss_and_accuracy(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-    """Mean next-token loss over label tokens, number of label tokens, number predicted right."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]
+    """Mean next-token loss over label tokens, number of label tokens, number predicted right.
+
+    Logits are computed only at positions whose next token is learned (``logits_to_keep``),
+    which spares most of the vocabulary projection for prompt tokens.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    logits, targets = logits.float(), targets[:, keep]
     mask = targets != IGNORE_INDEX
     loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
     correct = int((logits[mask].argmax(-1) == targets[mask]).sum())
