@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,15 @@ def import_base(data_dir: Path | None) -> None:
     click.echo(ensure_base_model(_apply_overrides(data_dir=data_dir), SMOLLM2))
 
 
+def _stop(child: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop the embedded worker: a warm shutdown first, then a hard one if a job keeps it busy."""
+    os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+
+
 @main.command()
 @click.option("--host", default=None, help="Overrides WHETSTONE_HOST (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Overrides WHETSTONE_PORT (default 8000).")
@@ -79,8 +89,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker
     except Exception as exc:  # the server still runs; jobs on this model will fail with the reason
         click.echo(f"warning: built-in base model unavailable: {exc}", err=True)
     if settings.broker_is_embedded if with_worker is None else with_worker:
-        child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
-        atexit.register(child.terminate)
+        child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], start_new_session=True)
+        atexit.register(_stop, child)
     click.echo(f"Whetstone API on http://{settings.host}:{settings.port}/v1 (data in {settings.resolved_data_dir})")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -65,5 +65,3 @@ def current_caller(request: Request) -> Caller:
     _, project = row
     return Caller(project_pk=project.pk, project_id=project.id, project_name=project.name)
 
-
-CallerDep = Depends(current_caller)
