@@ -61,12 +61,15 @@ def import_base(data_dir: Path | None) -> None:
 
 
 def _stop(child: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop the embedded worker: a warm shutdown first, then a hard one if a job keeps it busy."""
-    os.killpg(child.pid, signal.SIGTERM)
+    """Stop the embedded worker with Celery's cold shutdown (it ends its pool processes too).
+    A job it was running stays `running`; nothing resumes it yet."""
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGQUIT)
     try:
         child.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
+        child.kill()
 
 
 @main.command()
@@ -89,8 +92,11 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker
     except Exception as exc:  # the server still runs; jobs on this model will fail with the reason
         click.echo(f"warning: built-in base model unavailable: {exc}", err=True)
     if settings.broker_is_embedded if with_worker is None else with_worker:
-        child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], start_new_session=True)
+        child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
         atexit.register(_stop, child)
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would skip atexit.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: sys.exit(0))
     click.echo(f"Whetstone API on http://{settings.host}:{settings.port}/v1 (data in {settings.resolved_data_dir})")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
