@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hugging Face hub
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,10 +69,11 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(smollm2_dir: Path) -> Path:
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
+    """Rebuilt every session (< 1 s), so it always matches build_tiny_llama."""
     from worker.training.model_loading import build_tiny_llama
 
-    return build_tiny_llama(MODEL_CACHE / TINY, smollm2_dir)
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / TINY, smollm2_dir)
 
 
 @pytest.fixture(scope="session")

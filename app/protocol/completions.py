@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 SYSTEM_FINGERPRINT = "fp_whetstone"
 
@@ -31,7 +31,7 @@ class SamplingParams(BaseModel):
 
 
 class CompletionRequest(SamplingParams):
-    prompt: str | list[str] = ""
+    prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1, le=4096)
 
 
@@ -103,8 +103,14 @@ class ChatCompletion(BaseModel):
 
 
 class ChatDelta(BaseModel):
+    """Only what changed: the first chunk has the role, later ones content, the last one nothing."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):  # noqa: ANN001
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatChunkChoice(BaseModel):

@@ -100,7 +100,10 @@ class InferenceEngine:
         return tokenizer.encode(text, add_special_tokens=False)
 
     def text_prompt_ids(self, target: ModelTarget, prompt: str) -> list[int]:
-        return self.tokenizer(target).encode(prompt, add_special_tokens=False)
+        tokenizer = self.tokenizer(target)
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        # An empty prompt starts from the beginning-of-text token, as OpenAI's models do.
+        return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
 
     def stream(self, target: ModelTarget, prompt_ids: list[int], options: SamplingOptions) -> Iterator[Delta]:
         """Yield text deltas; the last Delta has finish_reason ("stop" or "length") and usage."""

@@ -65,6 +65,12 @@ def test_stop_string_cuts_the_text(api):
 def test_prompt_list_gives_one_choice_each(api):
     body = api.post("/v1/completions", json={"model": TINY, "prompt": ["a", "b"], "max_tokens": 3}).json()
     assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert body["usage"]["completion_tokens"] == 6
+
+
+def test_empty_prompt_starts_from_the_beginning_of_text(api):
+    body = api.post("/v1/completions", json={"model": TINY, "prompt": "", "max_tokens": 2}).json()
+    assert body["usage"]["prompt_tokens"] == 1 and body["usage"]["completion_tokens"] == 2
 
 
 def test_chat_stream_matches_the_non_streamed_answer(api):

@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from tests.contract import assert_matches
 from tests.e2e.server import cli, process, server
-from tests.training.toy_data import HELD_OUT_QUESTIONS, PHRASE, pirate_chat_examples
+from tests.training.toy_data import HELD_OUT_QUESTIONS, PHRASE, pirate_chat_examples, prompt_messages
 
 pytestmark = pytest.mark.slow
 BASE = "smollm2-135m-instruct"
@@ -43,7 +43,7 @@ def follow_sse(base_url: str, key: str, job_id: str) -> list[tuple[int, dict]]:
 
 
 def answers(client: OpenAI, model: str) -> list[str]:
-    return [client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
+    return [client.chat.completions.create(model=model, messages=prompt_messages(q),
                                            max_tokens=24, temperature=0).choices[0].message.content
             for q in HELD_OUT_QUESTIONS]
 
@@ -97,7 +97,8 @@ def test_embedded_default(tmp_path, base_models_dir):
 
 
 def legacy_examples(n: int) -> list[dict]:
-    return [{"prompt": f"Q: {e['messages'][0]['content']}\nA:", "completion": " " + e["messages"][1]["content"] + "\n"}
+    """The same question -> answer habit in the legacy format (the chat examples' last two turns)."""
+    return [{"prompt": f"Q: {e['messages'][-2]['content']}\nA:", "completion": " " + e["messages"][-1]["content"] + "\n"}
             for e in pirate_chat_examples(n)]
 
 

@@ -30,6 +30,8 @@ Example = tuple[list[int], list[int]]
 
 
 class TrainingCallbacks(Protocol):
+    """How a run reports progress and learns it was cancelled (the worker implements this)."""
+
     def on_event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None: ...
     def should_stop(self) -> bool: ...
     def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None: ...
@@ -68,16 +70,16 @@ def _load_examples(path: Path, tokenizer: Any, max_len: int, name: str, callback
         except ValueError as e:
             raise ValueError(f"{name} example {index + 1}: {e}") from None
         truncated += dropped > 0
-        if all(label == IGNORE_INDEX for label in labels):
+        if all(label == IGNORE_INDEX for label in labels[1:]):  # the first token is never predicted
             empty += 1
             continue
         examples.append((ids, labels))
     if truncated:
         message = f"{truncated} {name} example(s) were longer than {max_len} tokens and were truncated"
-        callbacks.on_event(message, level="warning", data={"truncated_examples": truncated, "max_seq_len": max_len})
+        callbacks.on_event(message, level="warn", data={"truncated_examples": truncated, "max_seq_len": max_len})
     if empty:
         message = f"{empty} {name} example(s) have no tokens to learn (all assistant turns weight 0) and were skipped"
-        callbacks.on_event(message, level="warning", data={"skipped_examples": empty})
+        callbacks.on_event(message, level="warn", data={"skipped_examples": empty})
     if not examples:
         raise ValueError(f"the {name} file has no usable examples")
     n_tokens = sum(len(ids) for ids, _ in examples)

@@ -140,6 +140,7 @@ def build_tiny_llama(dest_dir: str | Path, tokenizer_dir: str | Path, seed: int 
         num_key_value_heads=2,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
+        initializer_range=0.1,  # wider than the usual 0.02 so a few LoRA steps move the loss visibly
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
