@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     base_models_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    # The name our fine-tuned model ids carry for the owning organisation comes from the project.
+    # Celery queue the API sends job ids to and the workers consume.
     queue: str = "whetstone"
     max_upload_bytes: int = 1 << 30
     # Inference

@@ -38,7 +38,7 @@ def invalid(message: str, *, param: str | None = None, code: str | None = None) 
 
 
 def not_found(kind: str, object_id: str, *, param: str | None = None) -> APIError:
-    return APIError(404, f"No such {kind}: '{object_id}'", param=param, code=f"{kind}_not_found".replace(" ", "_"))
+    return APIError(404, f"No such {kind}: '{object_id}'", param=param, code=f"{kind}_not_found".replace(" ", "_").replace("-", "_"))
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
