@@ -4,7 +4,6 @@ a file appears under its key only once complete."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -32,9 +31,6 @@ class LocalStorage:
         with self.open(key) as fh:
             while chunk := fh.read(CHUNK):
                 yield chunk
-
-    def size(self, key: str) -> int:
-        return self.path(key).stat().st_size
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -71,6 +67,3 @@ class AtomicWriter:
             self._fh.close()
         self.partial.unlink(missing_ok=True)
 
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
