@@ -27,7 +27,6 @@ from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name
 from app.services.storage import LocalStorage
 from worker.celery_app import TRAIN_TASK, app
-from worker.training.validation import InvalidExample, validate_lines
 
 log = logging.getLogger("whetstone.worker")
 MIN_EXAMPLES = 10
@@ -89,17 +88,12 @@ class JobRun:
             add_event(session, self.job.pk, f"Checkpoint created at step {step}")
 
     def data_path(self, file_id: str, param: str) -> tuple[Path, int]:
+        """The stored file and its example count (checked line by line when it was uploaded)."""
         with session_scope(self.url) as session:
             row = session.scalar(select(File).where(File.id == file_id, File.project_pk == self.job.project_pk))
-        if row is None:
+        if row is None or not self.storage.path(row.storage_key).is_file():
             raise JobFailed(f"invalid_{param}", f"The {param} {file_id} no longer exists.", param)
-        path = self.storage.path(row.storage_key)
-        try:
-            with path.open("rb") as fh:
-                summary = validate_lines(fh)
-        except InvalidExample as exc:
-            raise JobFailed(f"invalid_{param}", f"The {param} {file_id} is invalid: {exc}", param) from None
-        return path, summary.n_examples
+        return self.storage.path(row.storage_key), row.n_examples or 0
 
     def results_file(self, metrics: list[dict]) -> str:
         columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]

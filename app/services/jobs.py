@@ -15,6 +15,7 @@ from app.models import Checkpoint, File, FineTuningJob
 from app.protocol.fine_tuning import CreateJobRequest, Hyperparameters, JobCheckpoint, JobError
 from app.protocol.fine_tuning import FineTuningJob as FineTuningJobWire
 from app.services.base_models import find_base_model
+from app.services.files import get_file
 from app.services.events import add_event
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -41,9 +42,11 @@ def to_wire(job: FineTuningJob) -> FineTuningJobWire:
 
 
 def _training_data(session: Session, caller: Caller, file_id: str, param: str) -> File:
-    row = session.scalar(select(File).where(File.id == file_id, File.project_pk == caller.project_pk))
-    if row is None:
-        raise invalid(f"invalid {param}: no file '{file_id}' in this project", param=param, code=f"invalid_{param}")
+    try:
+        row = get_file(session, caller, file_id)
+    except APIError:  # the request body named it: a 400 on that field, not a 404 of the URL
+        raise invalid(f"invalid {param}: no file '{file_id}' in this project", param=param,
+                      code=f"invalid_{param}") from None
     if row.purpose != "fine-tune":
         raise invalid(f"invalid {param}: file '{file_id}' has purpose '{row.purpose}', expected 'fine-tune'",
                       param=param, code=f"invalid_{param}")

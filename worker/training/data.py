@@ -20,6 +20,8 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from .validation import example_format
+
 IGNORE_INDEX = -100
 
 
@@ -41,12 +43,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def detect_format(example: dict) -> Literal["chat", "completion"]:
-    """Say which training format an example uses; raise ValueError if neither."""
-    if isinstance(example.get("messages"), list):
-        return "chat"
-    if isinstance(example.get("prompt"), str) and isinstance(example.get("completion"), str):
-        return "completion"
-    raise ValueError('example has neither "messages" (chat) nor "prompt"/"completion" strings')
+    """Say which training format an example uses; raise ValueError (with the reason) if it breaks
+    the rules the API checked it against at upload."""
+    return example_format(example)  # type: ignore[return-value]
 
 
 class TokenizedExample(NamedTuple):
