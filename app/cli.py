@@ -137,5 +137,11 @@ def keys_create(project: str, data_dir: Path | None) -> None:
     click.echo(secret)
 
 
+# --- data preparation and evaluation (issue 9) ---
+from worker.dataprep.cli import prepare_data  # noqa: E402
+
+main.add_command(prepare_data)
+
+
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ from app.services.storage import LocalStorage
 from worker.celery_app import TRAIN_TASK, app
 
 log = logging.getLogger("whetstone.worker")
-MIN_EXAMPLES = 10
+from worker.dataprep.checks import MIN_EXAMPLES, too_few_message  # noqa: E402  (shared with prepare-data)
 
 
 class JobFailed(Exception):
@@ -166,8 +166,7 @@ def _run(run: JobRun) -> None:
     run.event(f"Validating training file: {job.training_file}")
     training_path, n_examples = run.data_path(job.training_file, "training_file")
     if n_examples < MIN_EXAMPLES:
-        raise JobFailed("invalid_training_file", f"Training file has {n_examples} example(s), but must have at "
-                        f"least {MIN_EXAMPLES} examples", "training_file")
+        raise JobFailed("invalid_training_file", too_few_message(n_examples), "training_file")
     validation_path = None
     if job.validation_file:
         run.event(f"Validating validation file: {job.validation_file}")
