@@ -121,3 +121,24 @@ class FineTunedModel(Base):
     base_model: Mapped[str] = mapped_column(String(256))
     adapter_path: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+# --- evaluations (issue 9) ---
+class Evaluation(Base):
+    """A fine-tuned model against its base on a held-out file (run by a worker)."""
+
+    __tablename__ = "evaluations"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_pk: Mapped[int] = mapped_column(ForeignKey("projects.pk", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(300))  # the fine-tuned model (or checkpoint) id
+    base_model: Mapped[str] = mapped_column(String(256))
+    file_id: Mapped[str] = mapped_column(String(64))
+    max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    __table_args__ = (Index("ix_evaluations_project_pk_pk", "project_pk", "pk"),)

@@ -192,5 +192,18 @@ def _run(run: JobRun) -> None:
     if result.stopped:
         run.event("Training stopped: the job is no longer running")
         return
+    report_best_checkpoint(run, result.metrics)
     result_file = run.results_file(result.metrics)
     run.succeed(result.adapter_dir, result.trained_tokens, result_file)
+
+
+def report_best_checkpoint(run: JobRun, metrics: list[dict]) -> None:
+    """At the end of training: the checkpoint with the lowest validation loss (issue 9)."""
+    from worker.evaluation import best_by_validation_loss
+
+    best = best_by_validation_loss(metrics)
+    if best is not None:
+        model = f"{run.model_name}:ckpt-step-{best['step']}"
+        run.event(f"Best checkpoint by validation loss: step {best['step']} (validation loss {best['valid_loss']:.4f}, "
+                  f"perplexity {best['valid_perplexity']:.4g}): {model}", type="metrics",
+                  data={**best, "fine_tuned_model_checkpoint": model})

@@ -22,3 +22,10 @@ def enqueue_training(settings: Settings, job_id: str) -> None:
     from worker.celery_app import TRAIN_TASK
 
     app.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue)
+
+
+def enqueue_evaluation(settings: Settings, evaluation_id: str) -> None:
+    from worker.celery_app import EVAL_TASK
+
+    _celery_for(settings.resolved_broker_url, settings.queue).send_task(EVAL_TASK, args=[evaluation_id],
+                                                                        queue=settings.queue)
