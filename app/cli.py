@@ -139,8 +139,10 @@ def keys_create(project: str, data_dir: Path | None) -> None:
 
 # --- data preparation and evaluation (issue 9) ---
 from worker.dataprep.cli import prepare_data  # noqa: E402
+from worker.evaluation.cli import evaluate_command, show_evaluation  # noqa: E402
 
-main.add_command(prepare_data)
+for _command in (prepare_data, evaluate_command, show_evaluation):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

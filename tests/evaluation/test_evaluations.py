@@ -82,3 +82,28 @@ def test_bad_requests_are_openai_errors_and_create_nothing(api, other_api):
     assert api.get("/v1/evaluations").json()["data"] == []
     missing = api.get("/v1/evaluations/eval-nope")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_cli_prints_the_stored_report_and_runs_one_locally(api, settings, trained, tiny_model_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    held_out = tmp_path / "held.jsonl"
+    held_out.write_bytes(reply_jsonl(HELD_OUT_QUESTIONS))
+    adapter = settings.jobs_dir / trained["id"] / "adapter"
+    result = CliRunner().invoke(main, ["evaluate", str(held_out), "--adapter", str(adapter), "--base", str(tiny_model_dir),
+                                       "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "| metric | base | fine-tuned | change | verdict |" in result.output
+    assert "Fine-tuning helped" in result.output and "(3 held-out examples)" in result.output
+    assert len(json.loads((tmp_path / "r.json").read_text())["samples"]) == 3
+
+    file_id = api.upload(held_out.read_bytes()).json()["id"]
+    evaluation = api.post("/v1/evaluations", json={"model": trained["fine_tuned_model"], "file_id": file_id}).json()
+    run_evaluation(settings, evaluation["id"])
+    monkeypatch.setenv("WHETSTONE_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("WHETSTONE_DATA_DIR", str(settings.data_dir))  # restored after the test
+    shown = CliRunner().invoke(main, ["evaluation", evaluation["id"], "--data-dir", str(settings.data_dir)])
+    assert shown.exit_code == 0, shown.output
+    assert api.get(f"/v1/evaluations/{evaluation['id']}").json()["report_table"] in shown.output
