@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ class JobRun:
 
     # TrainingCallbacks
     def on_event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None:
+        if data and data.get("valid_loss") is not None:  # issue 9: perplexity beside each validation loss
+            data = {**data, "valid_perplexity": math.exp(data["valid_loss"])}
         self.event(message, type=type, level=level, data=data)
 
     def should_stop(self) -> bool:

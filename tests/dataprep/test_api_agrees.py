@@ -56,3 +56,27 @@ def test_the_cli_warns_of_a_small_file_with_the_message_a_job_on_it_fails_with(a
     error = api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["error"]["message"]
     result, _ = cli(tmp_path, chat_jsonl(5))
     assert f"[warning] {error}" in result.output
+
+
+def test_validate_endpoint_reports_the_cli_findings(api, tmp_path, tiny_model_dir):
+    from tests.conftest import TINY
+
+    content = completion_jsonl(12) + completion_jsonl(1) + b'{"prompt": " ", "completion": " 5"}\n'
+    file_id = api.upload(content).json()["id"]
+    response = api.post(f"/v1/files/{file_id}/validate", json={"model": TINY, "max_tokens": 8})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "file.validation" and body["valid"] is True and body["n_examples"] == 14
+    api_findings = {(f["check"], f["message"]) for f in body["findings"]}
+    assert {c for c, _ in api_findings} >= {"duplicates", "empty_fields", "too_long", "too_few"}
+
+    source = tmp_path / "data.jsonl"
+    source.write_bytes(content)
+    result = CliRunner().invoke(main, ["prepare-data", str(source), "--model", str(tiny_model_dir), "--max-tokens", "8"],
+                                input="n\n" * 20)
+    for _, message in api_findings:
+        assert message in result.output, (message, result.output)
+
+    assert api.post(f"/v1/files/{file_id}/validate", json={"model": "nope"}).json()["error"]["param"] == "model"
+    assert api.post("/v1/files/file-nope/validate").status_code == 404
+    assert api.post(f"/v1/files/{file_id}/validate").json()["findings"]  # no body: no length check, still the rest

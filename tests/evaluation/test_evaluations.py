@@ -5,6 +5,7 @@ for training jobs)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -36,6 +37,8 @@ def test_fine_tune_beats_its_base_and_the_best_checkpoint_is_reported(api, setti
     events = api.get(f"/v1/fine_tuning/jobs/{trained['id']}/events", params={"limit": 1000}).json()["data"]
     valid = {e["data"]["step"]: e["data"]["valid_loss"] for e in events if e["data"] and "valid_loss" in e["data"]
              and "total_steps" in e["data"]}
+    assert all(e["data"]["valid_perplexity"] == pytest.approx(math.exp(e["data"]["valid_loss"]))
+               for e in events if e["data"] and "valid_loss" in e["data"])
     [best] = [e for e in events if e["message"].startswith("Best checkpoint by validation loss")]
     assert best["data"]["step"] == min(valid, key=valid.get)
     checkpoints = {c["fine_tuned_model_checkpoint"] for c in
