@@ -208,5 +208,5 @@ def report_best_checkpoint(run: JobRun, metrics: list[dict]) -> None:
     if best is not None:
         model = f"{run.model_name}:ckpt-step-{best['step']}"
         run.event(f"Best checkpoint by validation loss: step {best['step']} (validation loss {best['valid_loss']:.4f}, "
-                  f"perplexity {best['valid_perplexity']:.4g}): {model}", type="metrics",
+                  f"perplexity {best['valid_perplexity']:.4g}): {model}",
                   data={**best, "fine_tuned_model_checkpoint": model})
