@@ -201,12 +201,16 @@ def _run(run: JobRun) -> None:
 
 
 def report_best_checkpoint(run: JobRun, metrics: list[dict]) -> None:
-    """At the end of training: the checkpoint with the lowest validation loss (issue 9)."""
+    """At the end of training: the saved checkpoint with the lowest validation loss (issue 9).
+    Without checkpoints that carry a validation loss, the best logged step is named instead."""
     from worker.evaluation import best_by_validation_loss
 
-    best = best_by_validation_loss(metrics)
-    if best is not None:
-        model = f"{run.model_name}:ckpt-step-{best['step']}"
-        run.event(f"Best checkpoint by validation loss: step {best['step']} (validation loss {best['valid_loss']:.4f}, "
-                  f"perplexity {best['valid_perplexity']:.4g}): {model}",
-                  data={**best, "fine_tuned_model_checkpoint": model})
+    with session_scope(run.url) as session:
+        saved = {c.step_number: c.model_id for c in session.scalars(select(Checkpoint).where(Checkpoint.job_pk == run.job.pk))}
+    best = best_by_validation_loss([m for m in metrics if m.get("step") in saved]) or best_by_validation_loss(metrics)
+    if best is None:
+        return
+    model = saved.get(best["step"])
+    where = f": {model}" if model else " (no checkpoint was saved at that step)"
+    run.event(f"Best checkpoint by validation loss: step {best['step']} (validation loss {best['valid_loss']:.4f}, "
+              f"perplexity {best['valid_perplexity']:.4g}){where}", data={**best, "fine_tuned_model_checkpoint": model})
