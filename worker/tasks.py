@@ -206,7 +206,8 @@ def report_best_checkpoint(run: JobRun, metrics: list[dict]) -> None:
     from worker.evaluation import best_by_validation_loss
 
     with session_scope(run.url) as session:
-        saved = {c.step_number: c.model_id for c in session.scalars(select(Checkpoint).where(Checkpoint.job_pk == run.job.pk))}
+        rows = session.scalars(select(Checkpoint).where(Checkpoint.job_pk == run.job.pk))
+        saved = {c.step_number: c.model_id for c in rows}
     best = best_by_validation_loss([m for m in metrics if m.get("step") in saved]) or best_by_validation_loss(metrics)
     if best is None:
         return

@@ -31,7 +31,8 @@ def to_wire(row: Evaluation) -> EvaluationWire:
         report_table=report_table(row.report) if row.report else None, result_file=row.result_file, error=row.error)
 
 
-def create_evaluation(session: Session, settings: Settings, caller: Caller, request: CreateEvaluationRequest) -> Evaluation:
+def create_evaluation(session: Session, settings: Settings, caller: Caller,
+                      request: CreateEvaluationRequest) -> Evaluation:
     try:
         target = resolve_model(session, settings, caller, request.model)
     except APIError as exc:

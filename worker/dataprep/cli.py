@@ -35,9 +35,11 @@ def _show(finding: Finding) -> None:
 
 @click.command("prepare-data")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Input format (default: from the extension).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Input format (default: from the extension).")
 @click.option("--to", "target", type=click.Choice(["auto", "chat", "completion"]), default="auto",
-              help="Output format for prompt/completion rows: chat messages or legacy prompt/completion (auto: as the input; chat examples always stay chat).")
+              help="Output format of prompt/completion rows: chat messages or legacy prompt/completion "
+                   "(auto: as the input; chat examples stay chat).")
 @click.option("--prompt-column", default=None, help="Column holding the prompt (default: found by name).")
 @click.option("--completion-column", default=None, help="Column holding the completion (default: found by name).")
 @click.option("--system", default=None, help="System message for every example when converting to chat.")

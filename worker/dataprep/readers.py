@@ -49,7 +49,8 @@ def detect_format(path: Path, given: str | None = None) -> str:
     return fmt
 
 
-def read_records(path: Path, fmt: str | None = None, columns: Columns | None = None, sheet: str | None = None) -> list[Record]:
+def read_records(path: Path, fmt: str | None = None, columns: Columns | None = None,
+                 sheet: str | None = None) -> list[Record]:
     """Every example of the file, in order, in the upload format (chat or prompt/completion)."""
     fmt = detect_format(path, fmt)
     columns = columns or Columns()
