@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from worker.training.data import IGNORE_INDEX, collate, pad_id, read_jsonl, tokenize_example
+from worker.training.data import IGNORE_INDEX, pad_id, read_jsonl, tokenize_example
 from worker.training.model_loading import load_base_model, resolve_device
 from worker.training.validation import example_format
 
@@ -48,13 +48,13 @@ def _generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_toke
 
 
 @torch.no_grad()
-def _perplexity(model: Any, tokenized: list[tuple[list[int], list[int]]], pad: int, device) -> float:
-    """exp(token-weighted mean loss) on the learned (reference) tokens, as training counts them."""
+def _perplexity(model: Any, tokenized: list[tuple[list[int], list[int]]], device) -> float:
+    """exp(token-weighted mean loss) on the learned (reference) tokens, as training counts them.
+    One example at a time, so there is no padding to mask."""
     loss_sum, n_tokens = 0.0, 0
     for ids, labels in tokenized:
-        batch = {k: v.to(device) for k, v in collate([(ids, labels)], pad).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        targets = batch["labels"][:, 1:]
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits.float()
+        targets = torch.tensor([labels], device=device)[:, 1:]
         mask = targets != IGNORE_INDEX
         if mask.any():
             loss_sum += torch.nn.functional.cross_entropy(logits[:, :-1][mask], targets[mask], reduction="sum").item()
@@ -78,18 +78,17 @@ def evaluate(base_model_dir: Path, adapter_dir: Path, eval_file: Path, *, max_ne
     references = [r for _, r in pairs]
     if max_new_tokens is None:  # room for the longest reference and its end-of-turn token
         max_new_tokens = min(512, max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references) + 8)
-    tokenized = [tokenize_example(tokenizer, e, max_seq_len)[:2] for e in examples]
-    pad = pad_id(tokenizer)
+    tokenized = [(t.input_ids, t.labels) for t in (tokenize_example(tokenizer, e, max_seq_len) for e in examples)]
 
     results, outputs = {}, {}
     for side in ("fine_tuned", "base"):
         if side == "base":
             with model.disable_adapter():
                 outputs[side] = _generate(model, tokenizer, prompts, max_new_tokens, dev)
-                ppl = _perplexity(model, tokenized, pad, dev)
+                ppl = _perplexity(model, tokenized, dev)
         else:
             outputs[side] = _generate(model, tokenizer, prompts, max_new_tokens, dev)
-            ppl = _perplexity(model, tokenized, pad, dev)
+            ppl = _perplexity(model, tokenized, dev)
         results[side] = {**generation_metrics(outputs[side], references), "perplexity": ppl}
     samples = [{"prompt": p, "reference": r, "fine_tuned": f, "base": b}
                for (p, r), f, b in zip(pairs, outputs["fine_tuned"], outputs["base"])]
