@@ -148,3 +148,21 @@ def test_validation_split_is_seeded(tmp_path):
     assert sorted(json.dumps(e) for e in train + valid) == sorted(json.dumps(e) for e in map(json.loads, expected_jsonl().splitlines()))
     assert split("1") == (train, valid)
     assert split("2") != (train, valid)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "xlsx"])
+def test_chat_messages_round_trip_from_every_container(tmp_path, fmt):
+    from tests.data import chat_jsonl
+
+    chats = [json.loads(line) for line in chat_jsonl(12).decode().splitlines()]
+    if fmt == "jsonl":
+        source = tmp_path / "chat.jsonl"
+        source.write_bytes(chat_jsonl(12))
+    elif fmt == "json":
+        source = tmp_path / "chat.json"
+        source.write_text(json.dumps(chats))
+    else:  # a spreadsheet column holding each conversation as JSON
+        source = write_as(tmp_path / f"chat.{fmt}", [(json.dumps(c["messages"]),) for c in chats], header=("messages",))
+    result = prepare(str(source), "--model", "none", "-o", str(tmp_path / "out.jsonl"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.jsonl").read_bytes() == chat_jsonl(12)
