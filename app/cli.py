@@ -102,6 +102,22 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker
 
 
 @main.command()
+@click.option("--host", default=None, help="Overrides WHETSTONE_HOST.")
+@click.option("--port", type=int, default=None, help="Overrides WHETSTONE_PORT.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Overrides WHETSTONE_DATA_DIR.")
+def inference(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Serve completions, chat and models (one base model in memory per name, many adapters on it).
+    Point the API at it with WHETSTONE_INFERENCE_URL."""
+    import uvicorn
+
+    from app.main import create_inference_app
+
+    settings = _apply_overrides(host=host, port=port, data_dir=data_dir)
+    click.echo(f"Whetstone inference on http://{settings.host}:{settings.port}/v1")
+    uvicorn.run(create_inference_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@main.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--loglevel", default="INFO")
 def worker(data_dir: Path | None, loglevel: str) -> None:

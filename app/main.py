@@ -37,3 +37,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (files, fine_tuning, inference, evaluations):
         app.include_router(module.router)
     return app
+
+
+def create_inference_app(settings: Settings | None = None) -> FastAPI:
+    """`whetstone inference`: only the inference routes, over the same database and data dir."""
+    settings = (settings or get_settings()).model_copy(update={"inference_url": ""})
+    settings.ensure_dirs()
+    app = FastAPI(title="Whetstone inference", version="0.1.0")
+    app.state.settings = settings
+    app.state.engine = InferenceEngine(settings)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    install_error_handlers(app)
+    app.include_router(inference.router)
+    return app

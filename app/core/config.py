@@ -23,6 +23,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1 << 30
     # Inference
     max_tokens_default: int = 256
+    # -- serving (issue 6) --
+    # Sequences decoded together in one forward; waiting beyond `inference_max_queue` gets 429.
+    inference_max_batch_size: int = 32
+    inference_max_queue: int = 64
+    # Fine-tuned LoRA adapters kept loaded on each base model (least recently used goes first).
+    inference_adapter_cache_size: int = 8
+    # How long a request waits for its base model to load before a 503 with Retry-After.
+    inference_load_wait_seconds: float = 30.0
+    # When set (e.g. http://inference:8001), the API proxies completions and chat to it.
+    inference_url: str = ""
     # Seconds between DB polls for SSE followers.
     events_poll_interval: float = 0.5
 

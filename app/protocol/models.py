@@ -12,3 +12,9 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+
+
+class DeletedModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True

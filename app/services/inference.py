@@ -1,161 +1,164 @@
-"""The embedded inference engine: one copy of each base model in memory, fine-tuned LoRA
-adapters loaded on it on demand, and a token-by-token decoding loop.
+"""The inference engine: each base model loaded once (in the background, so a request can be
+told "still loading"), with one continuous-batching scheduler that serves the base model and
+its fine-tuned LoRA adapters together (see inference_batch.py).
 
-The lock is held for one decoding step at a time, so concurrent requests (for different
-adapters too) interleave step by step and a client that goes away releases nothing late.
+Requests go in with `generate` (async, for the API) or `generate_sync` (a plain iterator);
+leaving either early — a client that disconnects — cancels the sequences, and the scheduler
+drops them before its next step.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
+import asyncio
+import concurrent.futures
+import math
+import queue
 import threading
-from collections.abc import Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import torch
-
 from app.core.config import Settings
+from app.core.errors import APIError
 from app.services.base_models import ensure_base_model
+from app.services.inference_batch import BatchScheduler, QueueFull
+from app.services.inference_sampling import Delta, SamplingOptions, Sequence
 from app.services.models import ModelTarget
 
-
-@dataclass
-class SamplingOptions:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-
-@dataclass
-class Delta:
-    """A piece of generated text; the last one carries finish_reason and the token counts."""
-
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class _LoadedBase:
-    def __init__(self, path: Path) -> None:
-        from worker.training.model_loading import load_base_model
-
-        self.model, self.tokenizer = load_base_model(path, "auto")
-        self.model.eval()
-        self.device = next(self.model.parameters()).device
-        self.peft = None  # becomes a PeftModel wrapping self.model once an adapter is loaded
-        self.adapters: dict[Path, str] = {}
-        eos = self.model.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        self.eos_ids = ids
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
-
-    def activate(self, adapter: Path | None):
-        """Make `adapter` (or none) the active one; returns the module to call and a context."""
-        if adapter is None:
-            return (self.peft or self.model), (self.peft.disable_adapter() if self.peft else nullcontext())
-        name = self.adapters.get(adapter)
-        if name is None:
-            from peft import PeftModel
-
-            name = "a" + hashlib.sha1(str(adapter).encode()).hexdigest()[:16]
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.model, str(adapter), adapter_name=name)
-            else:
-                self.peft.load_adapter(str(adapter), adapter_name=name)
-            self.peft.eval()
-            self.adapters[adapter] = name
-        self.peft.set_adapter(name)
-        return self.peft, nullcontext()
+__all__ = ["Delta", "InferenceEngine", "SamplingOptions"]
 
 
 class InferenceEngine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._bases: dict[str, _LoadedBase] = {}
+        self._loading: dict[str, concurrent.futures.Future] = {}
 
-    def _base(self, name: str) -> _LoadedBase:
+    # -- base models -------------------------------------------------------------------------
+    def _future(self, name: str) -> concurrent.futures.Future:
         with self._lock:
-            if name not in self._bases:
-                self._bases[name] = _LoadedBase(ensure_base_model(self.settings, name))
-            return self._bases[name]
+            future = self._loading.get(name)
+            if future is None or (future.done() and future.exception() is not None):
+                future = concurrent.futures.Future()
+                self._loading[name] = future
+                threading.Thread(target=self._load, args=(name, future), daemon=True,
+                                 name=f"whetstone-load-{name}").start()
+            return future
 
-    def tokenizer(self, target: ModelTarget):
-        return self._base(target.base_model).tokenizer
+    def _load(self, name: str, future: concurrent.futures.Future) -> None:
+        try:
+            from worker.training.model_loading import load_base_model
 
-    def context_length(self, target: ModelTarget) -> int:
-        return self._base(target.base_model).context_length
+            model, tokenizer = load_base_model(ensure_base_model(self.settings, name), "auto")
+            model.eval()
+            s = self.settings
+            future.set_result(BatchScheduler(model, tokenizer, max_batch=s.inference_max_batch_size,
+                                             max_queue=s.inference_max_queue,
+                                             adapter_slots=s.inference_adapter_cache_size))
+        except BaseException as exc:  # noqa: BLE001 - reported to every waiting request
+            future.set_exception(exc)
 
-    def chat_prompt_ids(self, target: ModelTarget, messages: list[dict[str, str]]) -> list[int]:
-        tokenizer = self.tokenizer(target)
+    def _loading_error(self, name: str) -> APIError:
+        wait = max(1, math.ceil(self.settings.inference_load_wait_seconds) or 5)
+        return APIError(503, f"The model '{name}' is currently loading. Please retry your request in a few "
+                             "seconds.", type="server_error", code="model_loading",
+                        headers={"Retry-After": str(wait)})
+
+    def _failed(self, name: str, exc: BaseException) -> APIError:
+        return APIError(500, f"The model '{name}' could not be loaded: {exc}", type="server_error",
+                        code="model_load_failed")
+
+    def scheduler(self, name: str, wait: float | None = None) -> BatchScheduler:
+        """The loaded base model's scheduler; waits up to `wait` seconds, then answers 503."""
+        future = self._future(name)
+        try:
+            return future.result(timeout=self.settings.inference_load_wait_seconds if wait is None else wait)
+        except concurrent.futures.TimeoutError:
+            raise self._loading_error(name) from None
+        except Exception as exc:
+            raise self._failed(name, exc) from exc
+
+    async def ascheduler(self, name: str) -> BatchScheduler:
+        future = self._future(name)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                          self.settings.inference_load_wait_seconds)
+        except TimeoutError:
+            raise self._loading_error(name) from None
+        except Exception as exc:
+            raise self._failed(name, exc) from exc
+
+    def loaded(self) -> list[BatchScheduler]:
+        with self._lock:
+            futures = list(self._loading.values())
+        return [f.result() for f in futures if f.done() and f.exception() is None]
+
+    # -- prompts -----------------------------------------------------------------------------
+    @staticmethod
+    def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:  # noqa: ANN001
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return tokenizer.encode(text, add_special_tokens=False)
 
-    def text_prompt_ids(self, target: ModelTarget, prompt: str) -> list[int]:
-        tokenizer = self.tokenizer(target)
+    @staticmethod
+    def text_prompt_ids(tokenizer, prompt: str | list[int]) -> list[int]:  # noqa: ANN001
+        if isinstance(prompt, list):
+            return prompt
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         # An empty prompt starts from the beginning-of-text token, as OpenAI's models do.
         return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
 
-    def stream(self, target: ModelTarget, prompt_ids: list[int], options: SamplingOptions) -> Iterator[Delta]:
-        """Yield text deltas; the last Delta has finish_reason ("stop" or "length") and usage."""
-        base = self._base(target.base_model)
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(options.seed if options.seed is not None else random.randrange(2**63))
-        tokens: list[int] = []
-        past = None
-        next_input = torch.tensor([prompt_ids], device=base.device)
-        sent = ""  # text already yielded
-        text = ""
-        hold = max((len(s) for s in options.stop), default=1) - 1
-        finish = "length"
-        for _ in range(options.max_tokens):
-            with self._lock:
-                module, ctx = base.activate(target.adapter_path)
-                with ctx, torch.inference_mode():
-                    out = module(input_ids=next_input, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            token = _sample(out.logits[0, -1].float(), options, generator)
-            if token in base.eos_ids:
-                finish = "stop"
-                break
-            tokens.append(token)
-            next_input = torch.tensor([[token]], device=base.device)
-            text = base.tokenizer.decode(tokens, skip_special_tokens=True)
-            cut = _first_stop(text, options.stop)
-            if cut is not None:
-                text, finish = text[:cut], "stop"
-                break
-            # Hold back what may be the start of a stop string or a half-decoded character.
-            ready = len(text) - hold if options.stop else len(text)
-            if text.endswith("\ufffd"):
-                ready = min(ready, len(text) - 1)
-            if ready > len(sent):
-                yield Delta(text[len(sent):ready])
-                sent = text[:ready]
-        yield Delta(text[len(sent):], finish, len(prompt_ids), len(tokens))
+    # -- generation --------------------------------------------------------------------------
+    def _submit(self, scheduler: BatchScheduler, target: ModelTarget,
+                jobs: list[tuple[list[int], SamplingOptions]], sink) -> list[Sequence]:  # noqa: ANN001
+        seqs = [Sequence(i, ids, options, target.adapter_path, sink) for i, (ids, options) in enumerate(jobs)]
+        try:
+            scheduler.submit(seqs)
+        except QueueFull:
+            raise APIError(429, "The server is handling too many requests right now. Please retry shortly.",
+                           type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        return seqs
 
+    async def generate(self, target: ModelTarget, jobs: list[tuple[list[int], SamplingOptions]]) -> AsyncIterator[Delta]:
+        """Deltas of every job (Delta.index = its position in `jobs`) as they come; closing the
+        iterator early cancels whatever is still generating. Raises 429 / 503 before the first."""
+        scheduler = await self.ascheduler(target.base_model)
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[Delta] = asyncio.Queue()
+        seqs = self._submit(scheduler, target, jobs, lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+        return self._drain(deltas, seqs, scheduler)
 
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
+    @staticmethod
+    async def _drain(deltas: asyncio.Queue, seqs: list[Sequence], scheduler: BatchScheduler) -> AsyncIterator[Delta]:
+        remaining = len(seqs)
+        try:
+            while remaining:
+                delta = await deltas.get()
+                if delta.finish_reason is not None or delta.error is not None:
+                    remaining -= 1
+                yield delta
+        finally:
+            if remaining:
+                for seq in seqs:
+                    seq.cancelled = True
+                scheduler.wake()
 
+    def generate_sync(self, target: ModelTarget, prompt_ids: list[int], options: SamplingOptions) -> Iterator[Delta]:
+        scheduler = self.scheduler(target.base_model)
+        deltas: queue.SimpleQueue[Delta] = queue.SimpleQueue()
+        seqs = self._submit(scheduler, target, [(prompt_ids, options)], deltas.put)
+        try:
+            while True:
+                delta = deltas.get()
+                yield delta
+                if delta.finish_reason is not None or delta.error is not None:
+                    return
+        finally:
+            seqs[0].cancelled = True
 
-def _sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator) -> int:
-    if options.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / options.temperature, dim=-1)
-    if options.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < options.top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    def evict(self, adapter: Path) -> None:
+        """Unload a deleted fine-tune's adapter from every base model (once no request uses it)."""
+        for scheduler in self.loaded():
+            scheduler.evict(adapter)
+
+    def close(self) -> None:
+        for scheduler in self.loaded():
+            scheduler.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,27 @@ def list_models(session: Session, settings: Settings, caller: Caller) -> list[Mo
                            .order_by(FineTunedModel.pk))
     models += [ModelObject(id=r.id, created=r.created_at, owned_by=caller.project_name) for r in rows]
     return models
+
+
+def delete_model(session: Session, settings: Settings, caller: Caller, model_id: str) -> Path:
+    """Delete the caller's fine-tuned model: its row, then its adapter files. Returns the adapter
+    path (for the engine to unload). Base models cannot be deleted."""
+    if find_base_model(settings, model_id) is not None:
+        raise APIError(403, f"The model '{model_id}' is a base model and cannot be deleted.",
+                       type="invalid_request_error", param="model", code="model_not_deletable")
+    row = session.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id,
+                                                      FineTunedModel.project_pk == caller.project_pk))
+    if row is None:
+        raise model_not_found(model_id)
+    adapter = Path(row.adapter_path)
+    session.delete(row)
+    session.commit()
+    jobs_dir = settings.jobs_dir.resolve()
+    if adapter.resolve().is_relative_to(jobs_dir) and adapter.resolve() != jobs_dir:
+        shutil.rmtree(adapter, ignore_errors=True)
+    else:
+        logging.getLogger("whetstone.models").warning("adapter %s is outside %s; left in place", adapter, jobs_dir)
+    return adapter
 
 
 def retrieve_model(session: Session, settings: Settings, caller: Caller, model_id: str) -> ModelObject:

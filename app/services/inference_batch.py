@@ -1,0 +1,243 @@
+"""Continuous batching over many LoRA adapters on one base model.
+
+One scheduler per loaded base model, on its own thread. Between decoding steps it drops the
+sequences that finished or were cancelled, admits waiting ones (prefilling each with its own
+adapter), then runs ONE forward for every active sequence: each row feeds its last token, the
+rows' KV caches live in one left-padded batch cache, and PEFT's mixed-batch LoRA forward
+(`adapter_names=[...]`, "__base__" for none) applies each row's adapter to that row only —
+the S-LoRA / Punica idea with PEFT's per-adapter sub-batch kernels instead of custom ones.
+
+Adapters sit in an LRU of `inference_adapter_cache_size`; one used by an active sequence is
+never evicted (a request for a new adapter waits until a slot frees).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict, deque
+from pathlib import Path
+
+import torch
+
+from app.services.inference_sampling import Sequence
+
+log = logging.getLogger("whetstone.inference")
+BASE = "__base__"
+
+
+class QueueFull(Exception):
+    pass
+
+
+class BatchScheduler:
+    def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int, adapter_slots: int) -> None:  # noqa: ANN001
+        self.model = model
+        self.tokenizer = tokenizer
+        self.peft = None  # a PeftModel around `model` once the first adapter is loaded
+        self.max_batch, self.max_queue, self.adapter_slots = max_batch, max_queue, max(1, adapter_slots)
+        self.adapters: OrderedDict[Path, str] = OrderedDict()  # LRU: least recently used first
+        self.device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            self.eos_ids.add(tokenizer.eos_token_id)
+        self.waiting: deque[Sequence] = deque()
+        self.active: list[Sequence] = []
+        self.cache = None  # the batch's DynamicCache, rows in `active` order, left-padded
+        self.mask: torch.Tensor | None = None  # [rows, cached length]: 1 real token, 0 padding
+        self.evictions: set[Path] = set()
+        self.steps = 0  # decoding steps run (a batch of any size counts once)
+        self.mixed_steps = 0  # of which ran rows for more than one adapter (or adapter + base)
+        self.peak_rows = 0
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="whetstone-inference", daemon=True)
+        self._thread.start()
+
+    # -- called from other threads -----------------------------------------------------------
+    def submit(self, seqs: list[Sequence]) -> None:
+        with self._cv:
+            if len(self.waiting) + len(seqs) > self.max_queue:
+                raise QueueFull
+            self.waiting.extend(seqs)
+            self._cv.notify()
+
+    def evict(self, adapter: Path) -> None:
+        with self._cv:
+            self.evictions.add(adapter)
+            self._cv.notify()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+
+    def load(self) -> dict[str, int]:
+        return {"active": len(self.active), "waiting": len(self.waiting), "adapters": len(self.adapters)}
+
+    # -- the scheduler thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stopped or self.active or self.waiting or self.evictions):
+                    self._cv.wait()
+                if self._stopped:
+                    break
+            try:
+                with torch.inference_mode():
+                    self._step()
+            except Exception as exc:  # fail what is in flight, keep serving
+                log.exception("inference step failed")
+                for seq in self.active:
+                    seq.fail(f"The server had an error while generating: {exc}")
+                self.active, self.cache, self.mask = [], None, None
+        for seq in [*self.active, *self.waiting]:
+            seq.fail("The inference engine is shutting down.")
+
+    def _step(self) -> None:
+        self._drop_finished()
+        self._apply_evictions()
+        self._admit()
+        self._drop_finished()
+        if self.active:
+            self._decode()
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, seq in enumerate(self.active) if not (seq.done or seq.cancelled)]
+        if len(keep) == len(self.active):
+            return
+        self.active = [self.active[i] for i in keep]
+        if not keep:
+            self.cache, self.mask = None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.mask = self.mask[index]
+        first = int(self.mask.any(dim=0).nonzero()[0])  # columns that are padding in every row go
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
+
+    def _apply_evictions(self) -> None:
+        with self._cv:
+            pending, self.evictions = self.evictions, set()
+        in_use = {seq.adapter for seq in self.active}
+        for path in pending:
+            if path in in_use:
+                with self._cv:
+                    self.evictions.add(path)  # retry once its requests are done
+            elif path in self.adapters:
+                self.peft.delete_adapter(self.adapters.pop(path))
+
+    def _admit(self) -> None:
+        with self._cv:
+            candidates = list(self.waiting)
+        for seq in candidates:
+            if len(self.active) >= self.max_batch:
+                break
+            if seq.cancelled:
+                self._unqueue(seq)
+                continue
+            try:
+                name = self._adapter_name(seq.adapter)
+            except Exception as exc:  # unreadable adapter files
+                self._unqueue(seq)
+                seq.fail(f"The fine-tuned model's adapter could not be loaded: {exc}")
+                continue
+            if name is None:
+                continue  # every adapter slot is in use; it waits
+            self._unqueue(seq)
+            self._prefill(seq, name)
+
+    def _unqueue(self, seq: Sequence) -> None:
+        with self._cv:
+            self.waiting.remove(seq)
+
+    def _adapter_name(self, adapter: Path | None) -> str | None:
+        if adapter is None:
+            return BASE
+        if adapter in self.adapters:
+            self.adapters.move_to_end(adapter)
+            return self.adapters[adapter]
+        if len(self.adapters) >= self.adapter_slots:
+            in_use = {seq.adapter for seq in self.active}
+            victim = next((p for p in self.adapters if p not in in_use), None)
+            if victim is None:
+                return None
+            self.peft.delete_adapter(self.adapters.pop(victim))
+        name = "a" + hashlib.sha1(str(adapter).encode()).hexdigest()[:16]
+        if self.peft is None:
+            from peft import PeftModel
+
+            self.peft = PeftModel.from_pretrained(self.model, str(adapter), adapter_name=name)
+        else:
+            self.peft.load_adapter(str(adapter), adapter_name=name)
+        self.peft.eval()
+        self.adapters[adapter] = name
+        return name
+
+    def _forward(self, names: list[str], **inputs):
+        if self.peft is None:
+            return self.model(**inputs, use_cache=True)
+        return self.peft(**inputs, use_cache=True, adapter_names=names)
+
+    def _names(self, seqs: list[Sequence]) -> list[str]:
+        return [self.adapters[s.adapter] if s.adapter is not None else BASE for s in seqs]
+
+    def _prefill(self, seq: Sequence, name: str) -> None:
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        out = self._forward([name], input_ids=ids, attention_mask=torch.ones_like(ids))
+        if seq.options.prompt_logprobs:
+            seq.score_prompt(out.logits[0], self.tokenizer)
+        seq.accept(seq.choose(out.logits[0, -1], self.tokenizer), self.eos_ids, self.tokenizer)
+        if seq.done:
+            return
+        self._join(seq, out.past_key_values, len(seq.prompt_ids))
+
+    def _join(self, seq: Sequence, cache, length: int) -> None:  # noqa: ANN001
+        """Add one prefilled row to the batch cache, left-padding whichever side is shorter."""
+        self.active.append(seq)
+        row_mask = torch.ones(1, length, dtype=torch.long, device=self.device)
+        if self.cache is None:
+            self.cache, self.mask = cache, row_mask
+            return
+        width = max(self.mask.shape[1], length)
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)])
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
+
+    def _decode(self) -> None:
+        rows = self.active
+        ids = torch.tensor([[seq.next_input] for seq in rows], device=self.device)
+        positions = torch.tensor([[seq.position] for seq in rows], device=self.device)
+        mask = torch.cat([self.mask, torch.ones(len(rows), 1, dtype=self.mask.dtype, device=self.device)], dim=1)
+        names = self._names(rows)
+        out = self._forward(names, input_ids=ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=self.cache)
+        self.cache, self.mask = out.past_key_values, mask
+        self.steps += 1
+        self.mixed_steps += len({seq.adapter for seq in rows}) > 1
+        self.peak_rows = max(self.peak_rows, len(rows))
+        logits = out.logits[:, -1]
+        for i, seq in enumerate(rows):
+            seq.position += 1
+            if not seq.cancelled:
+                seq.accept(seq.choose(logits[i], self.tokenizer), self.eos_ids, self.tokenizer)
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad dimension -1 (a mask) or -2 (keys/values) on the left with zeros up to `width`."""
+    dim = 1 if tensor.dim() == 2 else 2
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
