@@ -79,6 +79,8 @@ class InferenceEngine:
 
     async def ascheduler(self, name: str) -> BatchScheduler:
         future = self._future(name)
+        if future.done():
+            return self.scheduler(name, wait=0)
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                           self.settings.inference_load_wait_seconds)

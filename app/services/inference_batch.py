@@ -133,7 +133,7 @@ class BatchScheduler:
                 with self._cv:
                     self.evictions.add(path)  # retry once its requests are done
             elif path in self.adapters:
-                self.peft.delete_adapter(self.adapters.pop(path))
+                self._unload(path)
 
     def _admit(self) -> None:
         with self._cv:
@@ -153,7 +153,11 @@ class BatchScheduler:
             if name is None:
                 continue  # every adapter slot is in use; it waits
             self._unqueue(seq)
-            self._prefill(seq, name)
+            try:
+                self._prefill(seq, name)
+            except Exception as exc:
+                log.exception("prefill failed")
+                seq.fail(f"The server had an error while generating: {exc}")
 
     def _unqueue(self, seq: Sequence) -> None:
         with self._cv:
@@ -170,7 +174,7 @@ class BatchScheduler:
             victim = next((p for p in self.adapters if p not in in_use), None)
             if victim is None:
                 return None
-            self.peft.delete_adapter(self.adapters.pop(victim))
+            self._unload(victim)
         name = "a" + hashlib.sha1(str(adapter).encode()).hexdigest()[:16]
         if self.peft is None:
             from peft import PeftModel
@@ -179,11 +183,17 @@ class BatchScheduler:
         else:
             self.peft.load_adapter(str(adapter), adapter_name=name)
         self.peft.eval()
+        self.peft.set_adapter(name)  # PEFT wants an active adapter; rows pick theirs by name anyway
         self.adapters[adapter] = name
         return name
 
+    def _unload(self, adapter: Path) -> None:
+        self.peft.delete_adapter(self.adapters.pop(adapter))
+        if self.adapters:
+            self.peft.set_adapter(next(iter(self.adapters.values())))
+
     def _forward(self, names: list[str], **inputs):
-        if self.peft is None:
+        if self.peft is None or not self.adapters:  # no adapter loaded (any more): the base alone
             return self.model(**inputs, use_cache=True)
         return self.peft(**inputs, use_cache=True, adapter_names=names)
 
