@@ -125,7 +125,14 @@ class InferenceEngine:
         scheduler = await self.ascheduler(target.base_model)
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[Delta] = asyncio.Queue()
-        seqs = self._submit(scheduler, target, jobs, lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+
+        def sink(delta: Delta) -> None:
+            try:
+                loop.call_soon_threadsafe(deltas.put_nowait, delta)
+            except RuntimeError:  # its event loop has ended: the consumer is gone, nothing to tell
+                pass
+
+        seqs = self._submit(scheduler, target, jobs, sink)
         return self._drain(deltas, seqs, scheduler)
 
     @staticmethod

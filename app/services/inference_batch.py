@@ -99,7 +99,8 @@ class BatchScheduler:
                     seq.fail(f"The server had an error while generating: {exc}")
                 self.active, self.cache, self.mask = [], None, None
         for seq in [*self.active, *self.waiting]:
-            seq.fail("The inference engine is shutting down.")
+            if not seq.done:
+                seq.fail("The inference engine is shutting down.")
 
     def _step(self) -> None:
         self._drop_finished()
@@ -195,7 +196,13 @@ class BatchScheduler:
     def _forward(self, names: list[str], **inputs):
         if self.peft is None or not self.adapters:  # no adapter loaded (any more): the base alone
             return self.model(**inputs, use_cache=True)
-        return self.peft(**inputs, use_cache=True, adapter_names=names)
+        if len(set(names)) > 1:  # rows for different adapters: PEFT's per-adapter sub-batches
+            return self.peft(**inputs, use_cache=True, adapter_names=names)
+        if names[0] == BASE:
+            with self.peft.disable_adapter():
+                return self.peft(**inputs, use_cache=True)
+        self.peft.set_adapter(names[0])  # one adapter for every row: the plain LoRA forward
+        return self.peft(**inputs, use_cache=True)
 
     def _names(self, seqs: list[Sequence]) -> list[str]:
         return [self.adapters[s.adapter] if s.adapter is not None else BASE for s in seqs]
