@@ -32,10 +32,13 @@ class QueueFull(Exception):
 
 
 class BatchScheduler:
-    def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int, adapter_slots: int) -> None:  # noqa: ANN001
+    def __init__(self, model, tokenizer, *, max_batch: int, max_queue: int, adapter_slots: int,
+                 stacked_lora: bool = True) -> None:  # noqa: ANN001
         self.model = model
         self.tokenizer = tokenizer
         self.peft = None  # a PeftModel around `model` once the first adapter is loaded
+        self.stacked = None  # StackedLora over the loaded adapters, for mixed batches
+        self.stacked_lora = stacked_lora
         self.max_batch, self.max_queue, self.adapter_slots = max_batch, max_queue, max(1, adapter_slots)
         self.adapters: OrderedDict[Path, str] = OrderedDict()  # LRU: least recently used first
         self.device = next(model.parameters()).device
@@ -186,18 +189,30 @@ class BatchScheduler:
         self.peft.eval()
         self.peft.set_adapter(name)  # PEFT wants an active adapter; rows pick theirs by name anyway
         self.adapters[adapter] = name
+        self._restack()
         return name
+
+    def _restack(self) -> None:
+        from app.services.inference_lora import StackedLora
+
+        if self.stacked is not None:
+            self.stacked.close()
+        self.stacked = StackedLora(self.peft, self.device) if self.stacked_lora else None
 
     def _unload(self, adapter: Path) -> None:
         self.peft.delete_adapter(self.adapters.pop(adapter))
         if self.adapters:
             self.peft.set_adapter(next(iter(self.adapters.values())))
+        self._restack()
 
     def _forward(self, names: list[str], **inputs):
         if self.peft is None or not self.adapters:  # no adapter loaded (any more): the base alone
             return self.model(**inputs, use_cache=True)
-        if len(set(names)) > 1:  # rows for different adapters: PEFT's per-adapter sub-batches
-            return self.peft(**inputs, use_cache=True, adapter_names=names)
+        if len(set(names)) > 1:  # rows for different adapters
+            loaded = list(self.adapters.values())
+            if self.stacked is not None and self.stacked.supports(loaded):
+                return self.stacked.forward(names, loaded, lambda: self.peft(**inputs, use_cache=True))
+            return self.peft(**inputs, use_cache=True, adapter_names=names)  # PEFT's per-adapter sub-batches
         if names[0] == BASE:
             with self.peft.disable_adapter():
                 return self.peft(**inputs, use_cache=True)

@@ -4,6 +4,7 @@ limit, a model still loading, disconnects, and the OpenAI knobs (n, logprobs, ec
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -237,8 +238,6 @@ def test_chat_logprobs_and_stream_usage(api):
                                                "stream": True, "stream_options": {"include_usage": True}})
     frames = [f.removeprefix("data: ") for f in stream.text.split("\n\n") if f.strip()]
     assert frames[-1] == "[DONE]"
-    import json
-
     last = json.loads(frames[-2])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 4
 
@@ -250,3 +249,47 @@ def test_penalties_change_greedy_output(api):
                                                   "presence_penalty": 2.0}).json()["choices"][0]["text"]
     assert plain != penalised
     assert api.post("/v1/completions", json={**base, "presence_penalty": 3}).status_code == 400
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_stops_its_generation(settings, api, stream):
+    """Drive the ASGI app directly: the client sends its request, then goes away (after the first
+    streamed chunk, or while waiting for a whole answer)."""
+    app = create_app(settings)
+    body = json.dumps({"model": TINY, "prompt": "x", "max_tokens": 1500, "temperature": 0, "stream": stream}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+             "server": ("t", 80), "client": ("c", 1),
+             "headers": [(b"content-type", b"application/json"), (b"authorization", api.headers["Authorization"].encode())]}
+
+    async def run():
+        gone = asyncio.Event()
+        requested = False
+
+        async def receive():
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            if stream:
+                await gone.wait()
+            else:  # wait until generation is under way, then leave
+                while not (app.state.engine.loaded() and app.state.engine.loaded()[0].steps > 5):
+                    await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                gone.set()
+
+        await asyncio.wait_for(app(scope, receive, send), 60)
+
+    asyncio.run(run())
+    scheduler = app.state.engine.loaded()[0]
+    deadline = time.time() + 5
+    while scheduler.load()["active"] and time.time() < deadline:
+        time.sleep(0.01)
+    steps = scheduler.steps
+    time.sleep(0.3)
+    assert scheduler.load()["active"] == 0 and scheduler.steps == steps and steps < 1400
+    app.state.engine.close()

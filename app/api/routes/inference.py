@@ -28,15 +28,24 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 async def _unless_disconnected(request: Request, work: Awaitable):
-    """Run `work`; if the client goes away first, cancel it (its generation stops) and answer nothing."""
+    """Run `work`; if the client goes away first, cancel it (its generation stops) and answer nothing.
+    (Waiting on receive() rather than polling is_disconnected(): the latter sees nothing through
+    BaseHTTPMiddleware.)"""
     task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.25)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            return Response(status_code=499)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return Response(status_code=499)
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _respond(result):

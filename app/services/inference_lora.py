@@ -1,0 +1,81 @@
+"""Many LoRA adapters in one forward, with two small matmuls per layer for the whole batch.
+
+PEFT's mixed-batch path (`adapter_names=`) loops over the adapters present, indexing each one's
+rows out of the batch and back in: a few Python-level ops per adapter per layer. Here every
+loaded adapter's A matrices are concatenated once ([slots*r, in]) and its B matrices, scaled,
+likewise ([slots*r, out]); a step computes x @ A_all for all slots, zeroes the slots that are
+not the row's own, and multiplies by B_all — the segmented-gather idea of Punica / S-LoRA
+written with plain torch matmuls. The base forward runs with PEFT's adapters disabled and a
+forward hook on each LoRA Linear adds the per-row delta.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StackedLora:
+    def __init__(self, peft_model, device: torch.device) -> None:  # noqa: ANN001
+        from peft.tuners.lora.layer import Linear
+
+        self.peft = peft_model
+        self.device = device
+        self.plain = not any(getattr(m, "lora_embedding_A", None) for m in peft_model.modules())
+        self.layers = [m for m in peft_model.modules() if isinstance(m, Linear)]
+        self.slots: list[str] = []
+        self.stacks: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rank = 0
+        self.select: torch.Tensor | None = None  # [rows, 1, slots, 1] one-hot while a forward runs
+        self.dirty = True
+        self._hooks = [layer.register_forward_hook(self._add_delta) for layer in self.layers]
+
+    def supports(self, names: list[str]) -> bool:
+        """Plain linear LoRA only (no DoRA, no embedding LoRA); anything else uses PEFT's path."""
+        return self.plain and not any(getattr(self.peft.peft_config[n], "use_dora", False) for n in names)
+
+    def _rebuild(self, names: list[str]) -> None:
+        self.slots = list(names)
+        self.rank = max((layer.r.get(n, 0) for layer in self.layers for n in names), default=0)
+        self.stacks = {}
+        for layer in self.layers:
+            weight = layer.base_layer.weight
+            a_all = weight.new_zeros(len(names) * self.rank, layer.in_features)
+            b_all = weight.new_zeros(len(names) * self.rank, layer.out_features)
+            for slot, name in enumerate(names):
+                if name not in layer.lora_A:
+                    continue
+                r = layer.r[name]
+                start = slot * self.rank
+                a_all[start:start + r] = layer.lora_A[name].weight
+                b_all[start:start + r] = (layer.lora_B[name].weight * layer.scaling[name]).T
+            self.stacks[layer] = (a_all, b_all)
+        self.dirty = False
+
+    def forward(self, names: list[str], loaded: list[str], call):  # noqa: ANN001
+        """Run `call()` (the base forward) with row i getting adapter names[i] ("__base__": none)."""
+        if self.dirty or self.slots != loaded:
+            self._rebuild(loaded)
+        index = {name: i for i, name in enumerate(self.slots)}
+        select = torch.zeros(len(names), 1, len(self.slots), 1)
+        for row, name in enumerate(names):
+            if name in index:
+                select[row, 0, index[name], 0] = 1.0
+        self.select = select.to(self.device)
+        try:
+            with self.peft.disable_adapter():
+                return call()
+        finally:
+            self.select = None
+
+    def _add_delta(self, module, args, output):  # noqa: ANN001
+        if self.select is None or module not in self.stacks:
+            return output
+        a_all, b_all = self.stacks[module]
+        x = args[0].to(a_all.dtype)
+        rows, length = x.shape[0], x.shape[1]
+        hidden = (x @ a_all.T).view(rows, length, len(self.slots), self.rank) * self.select.to(x.dtype)
+        return output + (hidden.view(rows, length, -1) @ b_all).to(output.dtype)
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
