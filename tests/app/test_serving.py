@@ -153,6 +153,16 @@ def test_a_model_still_loading_answers_503_with_retry_after(settings, api):
         assert caller.post("/v1/completions", json={"model": TINY, "prompt": "x", "max_tokens": 2}).status_code == 200
 
 
+def assert_generation_stopped(scheduler) -> None:
+    """No row left in the batch, no further steps, and far fewer than the 1500 tokens asked for."""
+    deadline = time.time() + 5
+    while scheduler.load()["active"] and time.time() < deadline:
+        time.sleep(0.01)
+    steps = scheduler.steps
+    time.sleep(0.3)
+    assert scheduler.load()["active"] == 0 and scheduler.steps == steps and steps < 1400
+
+
 def test_leaving_a_stream_early_stops_its_generation(settings):
     from app.services.inference import InferenceEngine
 
@@ -166,12 +176,7 @@ def test_leaving_a_stream_early_stops_its_generation(settings):
 
     asyncio.run(run())
     scheduler = engine.loaded()[0]
-    deadline = time.time() + 5
-    while scheduler.load()["active"] and time.time() < deadline:
-        time.sleep(0.01)
-    steps = scheduler.steps
-    time.sleep(0.3)
-    assert scheduler.load()["active"] == 0 and scheduler.steps == steps and steps < 1400
+    assert_generation_stopped(scheduler)
     engine.close()
 
 
@@ -286,10 +291,5 @@ def test_a_client_that_disconnects_stops_its_generation(settings, api, stream):
 
     asyncio.run(run())
     scheduler = app.state.engine.loaded()[0]
-    deadline = time.time() + 5
-    while scheduler.load()["active"] and time.time() < deadline:
-        time.sleep(0.01)
-    steps = scheduler.steps
-    time.sleep(0.3)
-    assert scheduler.load()["active"] == 0 and scheduler.steps == steps and steps < 1400
+    assert_generation_stopped(scheduler)
     app.state.engine.close()
