@@ -27,6 +27,7 @@ from app.services.base_models import ensure_base_model
 from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name
 from app.services.storage import LocalStorage
+from worker import legacy_results
 from worker.celery_app import TRAIN_TASK, app
 
 log = logging.getLogger("whetstone.worker")
@@ -98,7 +99,14 @@ class JobRun:
             raise JobFailed(f"invalid_{param}", f"The {param} {file_id} no longer exists.", param)
         return self.storage.path(row.storage_key), row.n_examples or 0
 
-    def results_file(self, metrics: list[dict]) -> str:
+    def results_file(self, metrics: list[dict], legacy_classification: dict | None = None) -> str:
+        if self.job.legacy is not None:  # a legacy fine-tune: the legacy columns
+            content = legacy_results.results_csv(metrics, legacy_classification)
+        else:
+            content = self._results_csv(metrics)
+        return self._store_results(content)
+
+    def _results_csv(self, metrics: list[dict]) -> bytes:
         columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
         out = io.StringIO()
         writer = csv.writer(out)
@@ -107,7 +115,9 @@ class JobRun:
             values = [row.get("step"), row.get("train_loss"), row.get("train_mean_token_accuracy"),
                       row.get("valid_loss"), row.get("valid_mean_token_accuracy")]
             writer.writerow(["" if v is None else v for v in values])
-        content = out.getvalue().encode()
+        return out.getvalue().encode()
+
+    def _store_results(self, content: bytes) -> str:
         file_id = new_id("file")
         key = f"{self.job.project.id}/{file_id}.csv"
         with self.storage.writer(key) as w:
@@ -142,6 +152,19 @@ class JobRun:
                 add_event(session, self.job.pk, f"Fine-tuning job failed: {error['message']}", level="error")
 
 
+def legacy_training_options(run: JobRun, prompt_loss_weight: float | None) -> dict:
+    """The legacy API's prompt_loss_weight, passed to a trainer that supports it."""
+    from worker.training import TrainingConfig
+
+    if prompt_loss_weight is None:
+        return {}
+    if "prompt_loss_weight" in TrainingConfig.__dataclass_fields__:
+        return {"prompt_loss_weight": prompt_loss_weight}
+    run.event(f"prompt_loss_weight={prompt_loss_weight} is not supported by this trainer: prompt tokens "
+              "are not in the loss (weight 0)", level="warn")
+    return {}
+
+
 def run_job(settings: Settings, job_id: str) -> None:
     with session_scope(settings.resolved_database_url) as session:
         job = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id))
@@ -174,12 +197,16 @@ def _run(run: JobRun) -> None:
     if job.validation_file:
         run.event(f"Validating validation file: {job.validation_file}")
         validation_path, _ = run.data_path(job.validation_file, "validation_file")
+    requested = dict(job.hyperparameters)
+    prompt_loss_weight = requested.pop("prompt_loss_weight", None)  # set by the legacy API
     try:
-        hyper = resolve_hyperparameters(job.hyperparameters, n_examples)
+        hyper = resolve_hyperparameters(requested, n_examples)
     except ValueError as exc:
         raise JobFailed("invalid_hyperparameters", str(exc), "hyperparameters") from None
     resolved = {"n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
                 "learning_rate_multiplier": hyper.learning_rate_multiplier}
+    extra = legacy_training_options(run, prompt_loss_weight)
+    resolved.update(extra)
     if not run.move("validating_files", "queued", "Files validated, moving job to queued state",
                     resolved_hyperparameters=resolved):
         return
@@ -189,14 +216,19 @@ def _run(run: JobRun) -> None:
     config = TrainingConfig(
         base_model_dir=base_dir, training_file=training_path, validation_file=validation_path,
         output_dir=run.workdir / "adapter", checkpoint_dir=run.workdir / "checkpoints",
-        hyperparameters=hyper, lora=LoraSettings(), seed=job.seed,
+        hyperparameters=hyper, lora=LoraSettings(), seed=job.seed, **extra,
     )
     result = train(config, run)
     if result.stopped:
         run.event("Training stopped: the job is no longer running")
         return
     report_best_checkpoint(run, result.metrics)
-    result_file = run.results_file(result.metrics)
+    classification = None
+    if (job.legacy or {}).get("compute_classification_metrics") and validation_path is not None:
+        run.event("Computing classification metrics on the validation file")
+        classification = legacy_results.classification_metrics(base_dir, result.adapter_dir, validation_path,
+                                                                job.legacy, config.max_seq_len)
+    result_file = run.results_file(result.metrics, classification)
     run.succeed(result.adapter_dir, result.trained_tokens, result_file)
 
 

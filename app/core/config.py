@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     inference_url: str = ""
     # Seconds between DB polls for SSE followers.
     events_poll_interval: float = 0.5
+    # Uploads API (/v1/uploads): the file may exceed max_upload_bytes, each part may not.
+    max_upload_part_bytes: int = 64 << 20
+    max_upload_total_bytes: int = 8 << 30
+    upload_expires_seconds: int = 3600
+    # Webhooks: a background sender in the API process; retry n waits backoff * 2**(n-1) seconds.
+    webhook_sender: bool = True
+    webhook_poll_interval: float = 1.0
+    webhook_backoff_seconds: float = 5.0
+    webhook_max_attempts: int = 8
+    webhook_timeout_seconds: float = 10.0
 
     @property
     def resolved_data_dir(self) -> Path:

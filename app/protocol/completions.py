@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 SYSTEM_FINGERPRINT = "fp_whetstone"
 
@@ -36,6 +36,13 @@ class SamplingParams(BaseModel):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """OpenAI reads an explicit null as "not given"; the openai 0.28 CLI sends n, temperature,
+        top_p... as null when unset."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

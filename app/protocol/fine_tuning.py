@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Auto = Literal["auto"]
+METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
+
+
+def check_metadata(value: dict[str, str]) -> dict[str, str]:
+    """OpenAI's limits: at most 16 pairs, keys up to 64 characters, values up to 512."""
+    if len(value) > METADATA_MAX_PAIRS:
+        raise ValueError(f"at most {METADATA_MAX_PAIRS} key-value pairs are allowed, got {len(value)}")
+    for key, item in value.items():
+        if not key or len(key) > METADATA_MAX_KEY:
+            raise ValueError(f"keys must be 1 to {METADATA_MAX_KEY} characters, got {len(key)} for {key[:70]!r}")
+        if len(item) > METADATA_MAX_VALUE:
+            raise ValueError(f"values must be at most {METADATA_MAX_VALUE} characters, got {len(item)} for key {key!r}")
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(check_metadata)]
 
 
 class Hyperparameters(BaseModel):
@@ -34,7 +50,7 @@ class CreateJobRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     integrations: list[dict[str, Any]] | None = None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime, timezone
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -26,6 +27,9 @@ def short_id(job_id: str) -> str:
 
 
 def fine_tuned_model_name(job: FineTuningJob, org: str) -> str:
+    if job.legacy is not None:  # created through /v1/fine-tunes: the legacy name
+        stamp = datetime.fromtimestamp(job.created_at, timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
+        return f"{job.model}:ft-{org}:{job.suffix}-{stamp}" if job.suffix else f"{job.model}:ft-{org}-{stamp}"
     return f"ft:{job.model}:{org}:{job.suffix or ''}:{short_id(job.id)}"
 
 
@@ -94,8 +98,11 @@ def get_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
     return job
 
 
-def list_jobs(session: Session, caller: Caller, *, limit: int, after: str | None) -> tuple[list[FineTuningJob], bool]:
+def list_jobs(session: Session, caller: Caller, *, limit: int, after: str | None,
+              metadata: dict[str, str] | None = None) -> tuple[list[FineTuningJob], bool]:
     query = select(FineTuningJob).where(FineTuningJob.project_pk == caller.project_pk)
+    for key, value in (metadata or {}).items():  # metadata[key]=value: every pair must match
+        query = query.where(FineTuningJob.job_metadata[key].as_string() == value)
     if after:
         query = query.where(FineTuningJob.pk < get_job(session, caller, after).pk)
     rows = list(session.scalars(query.order_by(FineTuningJob.pk.desc()).limit(limit + 1)))

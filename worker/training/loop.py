@@ -101,8 +101,10 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return (total - step) / max(1, total - warmup)
 
 
-def _loss_and_accuracy(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-    """Mean next-token loss over label tokens, number of label tokens, number predicted right.
+def _loss_and_accuracy(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int, int]:
+    """Mean next-token loss over label tokens, number of label tokens, number predicted right,
+    and number of sequences whose label tokens were all predicted right (the legacy results'
+    sequence accuracy).
 
     Logits are computed only at positions whose next token is learned (``logits_to_keep``),
     which spares most of the vocabulary projection for prompt tokens.
@@ -113,8 +115,10 @@ def _loss_and_accuracy(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torc
     logits, targets = logits.float(), targets[:, keep]
     mask = targets != IGNORE_INDEX
     loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
-    correct = int((logits[mask].argmax(-1) == targets[mask]).sum())
-    return loss, int(mask.sum()), correct
+    hits = logits.argmax(-1) == targets
+    correct = int(hits[mask].sum())
+    sequences_right = int((hits | ~mask).all(dim=1).sum())
+    return loss, int(mask.sum()), correct, sequences_right
 
 
 def _batches(examples: list[Example], batch_size: int, pad: int, device: torch.device, order: list[int]):
@@ -124,15 +128,16 @@ def _batches(examples: list[Example], batch_size: int, pad: int, device: torch.d
 
 
 @torch.no_grad()
-def _evaluate(model: Any, examples: list[Example], batch_size: int, pad: int, device: torch.device) -> tuple[float, float]:
-    """Token-weighted mean loss and token accuracy over a dataset."""
+def _evaluate(model: Any, examples: list[Example], batch_size: int, pad: int, device: torch.device) -> tuple[float, float, float]:
+    """Token-weighted mean loss, token accuracy and sequence accuracy over a dataset."""
     model.eval()
-    loss_sum, n_tokens, n_correct = 0.0, 0, 0
+    loss_sum, n_tokens, n_correct, n_sequences_right = 0.0, 0, 0, 0
     for batch in _batches(examples, batch_size, pad, device, list(range(len(examples)))):
-        loss, n, correct = _loss_and_accuracy(model, batch)
+        loss, n, correct, sequences_right = _loss_and_accuracy(model, batch)
         loss_sum, n_tokens, n_correct = loss_sum + loss.item() * n, n_tokens + n, n_correct + correct
+        n_sequences_right += sequences_right
     model.train()
-    return loss_sum / n_tokens, n_correct / n_tokens
+    return loss_sum / n_tokens, n_correct / n_tokens, n_sequences_right / len(examples)
 
 
 def _set_cpu_threads() -> None:
@@ -185,7 +190,8 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
 
     rng = random.Random(config.seed)
     step, trained_tokens, metrics = 0, 0, []
-    valid_loss = valid_acc = None
+    valid_loss = valid_acc = valid_seq_acc = None
+    elapsed_examples = 0
     window = _new_window()  # sums since the last metrics event
     for epoch in range(1, hp.n_epochs + 1):
         order = list(range(len(train_set)))
@@ -195,7 +201,7 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
                 callbacks.on_event(f"Training stopped at step {step}/{total} on request", data={"step": step})
                 return TrainingResult(step, trained_tokens, None, _last(metrics), valid_loss, True, metrics)
             started = time.perf_counter()
-            loss, n_labels, correct = _loss_and_accuracy(model, batch)
+            loss, n_labels, correct, sequences_right = _loss_and_accuracy(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -208,14 +214,19 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
             window["labels"] += n_labels
             window["correct"] += correct
             window["tokens"] += n_tokens
+            window["sequences"] += len(batch["input_ids"])
+            window["sequences_right"] += sequences_right
+            elapsed_examples += len(batch["input_ids"])
             window["seconds"] += time.perf_counter() - started
 
             end_of_epoch = step % steps_per_epoch == 0
             if end_of_epoch and valid_set is not None:
-                valid_loss, valid_acc = _evaluate(model, valid_set, hp.batch_size, pad, device)
+                valid_loss, valid_acc, valid_seq_acc = _evaluate(model, valid_set, hp.batch_size, pad, device)
             if step % config.log_every == 0 or end_of_epoch:
                 valid = (valid_loss, valid_acc) if end_of_epoch else (None, None)
                 metrics.append(_log_step(callbacks, window, step, total, epoch, *valid))
+                metrics[-1].update(elapsed_tokens=trained_tokens, elapsed_examples=elapsed_examples,
+                                   valid_mean_sequence_accuracy=valid_seq_acc if end_of_epoch else None)
                 window = _new_window()
             if end_of_epoch and config.checkpoint_dir is not None:
                 path = Path(config.checkpoint_dir) / f"step-{step}"
@@ -228,7 +239,8 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
 
 
 def _new_window() -> dict:
-    return {"loss_sum": 0.0, "labels": 0, "correct": 0, "tokens": 0, "seconds": 0.0}
+    return {"loss_sum": 0.0, "labels": 0, "correct": 0, "tokens": 0, "seconds": 0.0, "sequences": 0,
+            "sequences_right": 0}
 
 
 def _log_step(
@@ -248,6 +260,7 @@ def _log_step(
         "epoch": epoch,
         "train_loss": train_loss,
         "train_mean_token_accuracy": window["correct"] / window["labels"],
+        "train_mean_sequence_accuracy": window["sequences_right"] / window["sequences"],
         "valid_loss": valid_loss,
         "valid_mean_token_accuracy": valid_acc,
         "tokens_per_second": window["tokens"] / max(window["seconds"], 1e-9),

@@ -17,6 +17,7 @@ from app.protocol.fine_tuning import CreateJobRequest, FineTuningJob, JobCheckpo
 from app.services import events as event_service
 from app.services import jobs as service
 from app.services.event_stream import follow_job_events
+from app.services.job_metadata import metadata_filter
 from app.services.queue import enqueue_training
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -29,23 +30,28 @@ def create_job(body: CreateJobRequest, request: Request, caller: Caller = Caller
     url = settings.resolved_database_url
     with session_scope(url) as session:
         job = service.create_job(session, settings, caller, body)
-    # Only after the commit: a worker that picks the id up must find the row.
-    try:
-        enqueue_training(settings, job.id)
-    except Exception as exc:  # broker down: the job cannot run, say so rather than leave it hanging
-        log.exception("enqueue failed for %s", job.id)
-        with session_scope(url) as session:
-            service.mark_enqueue_failed(session, service.get_job(session, caller, job.id), str(exc))
-        raise APIError(503, "The job queue is unavailable; the job was not started. Please retry.",
-                       type="server_error", code="queue_unavailable") from None
+    enqueue_or_fail(settings, caller, job.id)
     with session_scope(url) as session:
         return service.to_wire(service.get_job(session, caller, job.id))
 
 
+def enqueue_or_fail(settings: Settings, caller: Caller, job_id: str) -> None:
+    """Call only after the job's row is committed: a worker that picks the id up must find it."""
+    try:
+        enqueue_training(settings, job_id)
+    except Exception as exc:  # broker down: the job cannot run, say so rather than leave it hanging
+        log.exception("enqueue failed for %s", job_id)
+        with session_scope(settings.resolved_database_url) as session:
+            service.mark_enqueue_failed(session, service.get_job(session, caller, job_id), str(exc))
+        raise APIError(503, "The job queue is unavailable; the job was not started. Please retry.",
+                       type="server_error", code="queue_unavailable") from None
+
+
 @router.get("", response_model=ListResponse[FineTuningJob])
-def list_jobs(limit: int = Query(20, ge=1, le=100), after: str | None = None, caller: Caller = CallerDep,
-              session: Session = SessionDep) -> ListResponse[FineTuningJob]:
-    rows, has_more = service.list_jobs(session, caller, limit=limit, after=after)
+def list_jobs(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None,
+              caller: Caller = CallerDep, session: Session = SessionDep) -> ListResponse[FineTuningJob]:
+    metadata = metadata_filter(request.query_params.multi_items())
+    rows, has_more = service.list_jobs(session, caller, limit=limit, after=after, metadata=metadata)
     return ListResponse[FineTuningJob](data=[service.to_wire(r) for r in rows], has_more=has_more)
 
 
