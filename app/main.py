@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 
 from app.api.routes import evaluations, files, fine_tuning, inference
 from app.api.routes import legacy as legacy_fine_tunes
+from app.api.routes import uploads
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.services.inference import InferenceEngine
@@ -35,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     install_error_handlers(app)
-    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes):
+    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads):
         app.include_router(module.router)
     return app
 

@@ -1,0 +1,160 @@
+"""Uploads: a file sent in parts, each streamed to storage; completing it streams the parts, in
+the order the client gives, through the same validation as a single-request upload
+(`files.create_file`), so the file is never held in memory and a bad file leaves nothing."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.core.auth import Caller
+from app.core.config import Settings
+from app.core.errors import APIError, invalid, not_found
+from app.core.ids import new_id, now
+from app.models import File, Upload, UploadPart
+from app.protocol.uploads import CompleteUploadRequest, CreateUploadRequest, UploadObject, UploadPartObject
+from app.services import files as file_service
+from app.services.storage import CHUNK, LocalStorage
+
+
+def to_wire(session: Session, row: Upload) -> UploadObject:
+    file = session.scalar(select(File).where(File.id == row.file_id)) if row.file_id else None
+    return UploadObject(id=row.id, bytes=row.bytes, created_at=row.created_at, expires_at=row.expires_at,
+                        filename=row.filename, purpose=row.purpose, status=row.status,
+                        file=file_service.to_wire(file) if file else None)
+
+
+def part_to_wire(part: UploadPart, upload: Upload) -> UploadPartObject:
+    return UploadPartObject(id=part.id, created_at=part.created_at, upload_id=upload.id)
+
+
+def create_upload(session: Session, settings: Settings, caller: Caller, request: CreateUploadRequest) -> Upload:
+    if request.purpose not in file_service.PURPOSES:
+        raise invalid(f"'{request.purpose}' is not a supported purpose. Supported purposes: "
+                      f"{sorted(file_service.PURPOSES)}.", param="purpose", code="invalid_purpose")
+    if request.bytes > settings.max_upload_total_bytes:
+        raise invalid(f"An upload may hold at most {settings.max_upload_total_bytes} bytes.", param="bytes",
+                      code="upload_too_large")
+    row = Upload(id=new_id("upload"), project_pk=caller.project_pk, filename=request.filename,
+                 purpose=request.purpose, mime_type=request.mime_type, bytes=request.bytes, status="pending",
+                 expires_at=now() + settings.upload_expires_seconds)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_upload(session: Session, caller: Caller, upload_id: str) -> Upload:
+    row = session.scalar(select(Upload).where(Upload.id == upload_id, Upload.project_pk == caller.project_pk))
+    if row is None:
+        raise not_found("upload", upload_id)
+    return row
+
+
+def _pending(session: Session, caller: Caller, upload_id: str) -> Upload:
+    row = get_upload(session, caller, upload_id)
+    if row.status == "pending" and now() > row.expires_at:
+        row.status = "expired"
+        session.commit()
+    if row.status != "pending":
+        raise invalid(f"Upload {row.id} is {row.status}; only a pending upload can take parts or complete.",
+                      param="upload_id", code="upload_not_pending")
+    return row
+
+
+def _parts(session: Session, upload: Upload) -> list[UploadPart]:
+    return list(session.scalars(select(UploadPart).where(UploadPart.upload_pk == upload.pk)))
+
+
+def add_part(session: Session, storage: LocalStorage, settings: Settings, caller: Caller, upload_id: str,
+             data: BinaryIO) -> tuple[UploadPart, Upload]:
+    upload = _pending(session, caller, upload_id)
+    received = session.scalar(select(func.coalesce(func.sum(UploadPart.bytes), 0))
+                              .where(UploadPart.upload_pk == upload.pk))
+    part_id = new_id("part")
+    key = f"{caller.project_id}/uploads/{upload.id}/{part_id}"
+    with storage.writer(key) as writer:
+        while chunk := data.read(CHUNK):
+            writer.write(chunk)
+            if writer.bytes > settings.max_upload_part_bytes:
+                raise APIError(413, f"A part may hold at most {settings.max_upload_part_bytes} bytes.",
+                               param="data", code="part_too_large")
+            if received + writer.bytes > upload.bytes:
+                raise invalid(f"The parts exceed the {upload.bytes} bytes declared for upload {upload.id}.",
+                              param="data", code="upload_size_exceeded")
+        if writer.bytes == 0:
+            raise invalid("A part must not be empty.", param="data", code="empty_part")
+        part = UploadPart(id=part_id, upload_pk=upload.pk, bytes=writer.bytes, storage_key=key)
+        session.add(part)
+        session.flush()
+        writer.commit()
+        try:
+            session.commit()
+        except BaseException:
+            storage.delete(key)
+            raise
+    return part, upload
+
+
+class PartsReader:
+    """The parts, one after another, as one binary stream (read in chunks, never whole)."""
+
+    def __init__(self, storage: LocalStorage, parts: list[UploadPart]) -> None:
+        self._files = (storage.open(p.storage_key) for p in parts)
+        self._current: BinaryIO | None = next(self._files, None)
+
+    def read(self, size: int = CHUNK) -> bytes:
+        while self._current is not None:
+            chunk = self._current.read(size)
+            if chunk:
+                return chunk
+            self._current.close()
+            self._current = next(self._files, None)
+        return b""
+
+
+def complete_upload(session: Session, storage: LocalStorage, caller: Caller, upload_id: str,
+                    request: CompleteUploadRequest) -> Upload:
+    upload = _pending(session, caller, upload_id)
+    by_id = {p.id: p for p in _parts(session, upload)}
+    unknown = [i for i in request.part_ids if i not in by_id]
+    if unknown:
+        raise invalid(f"Part {unknown[0]} is not a part of upload {upload.id}.", param="part_ids",
+                      code="invalid_part_ids")
+    if len(set(request.part_ids)) != len(request.part_ids):
+        raise invalid("part_ids lists a part more than once.", param="part_ids", code="invalid_part_ids")
+    ordered = [by_id[i] for i in request.part_ids]
+    total = sum(p.bytes for p in ordered)
+    if total != upload.bytes:
+        raise invalid(f"The parts hold {total} bytes but the upload was created with bytes={upload.bytes}.",
+                      param="part_ids", code="upload_size_mismatch")
+    if request.md5:
+        digest, reader = hashlib.md5(), PartsReader(storage, ordered)
+        while chunk := reader.read():
+            digest.update(chunk)
+        if digest.hexdigest() != request.md5.lower():
+            raise invalid("The md5 of the assembled parts does not match the md5 given.", param="md5",
+                          code="md5_mismatch")
+    upload.status = "completed"
+    row = file_service.create_file(session, storage, caller, upload=PartsReader(storage, ordered),
+                                   filename=upload.filename, purpose=upload.purpose, max_bytes=upload.bytes)
+    upload.file_id = row.id
+    session.commit()
+    _drop_parts(storage, ordered)
+    return upload
+
+
+def cancel_upload(session: Session, storage: LocalStorage, caller: Caller, upload_id: str) -> Upload:
+    upload = _pending(session, caller, upload_id)
+    upload.status = "cancelled"
+    session.commit()
+    _drop_parts(storage, _parts(session, upload))
+    return upload
+
+
+def _drop_parts(storage: LocalStorage, parts: list[UploadPart]) -> None:
+    """The part files only; their rows stay as the upload's record."""
+    for part in parts:
+        storage.delete(part.storage_key)

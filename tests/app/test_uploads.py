@@ -1,0 +1,87 @@
+"""The Uploads API with the official SDK: a file past the single-request limit goes up in parts
+(`upload_file_chunked`) and comes back byte for byte; bad input changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import openai.types as oa
+import pytest
+from fastapi.testclient import TestClient
+from openai import BadRequestError, OpenAI
+
+from tests.conftest import new_key
+from tests.contract import assert_matches
+
+LIMIT = 8_000  # the single-request limit, lowered for the test
+
+
+def big_jsonl(n: int = 300) -> bytes:
+    rows = [{"prompt": f"Say the number {i} twice:", "completion": f" {i} {i} ünïcode"} for i in range(n)]
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+@pytest.fixture
+def sdk(settings):
+    from app.main import create_app
+
+    small = settings.model_copy(update={"max_upload_bytes": LIMIT, "max_upload_part_bytes": 6_000})
+    with TestClient(create_app(small)) as client:
+        yield OpenAI(api_key=new_key(settings), base_url="http://testserver/v1", http_client=client, max_retries=0)
+
+
+def test_chunked_upload_round_trips_past_the_single_request_limit(sdk, settings):
+    data = big_jsonl()
+    assert len(data) > 2 * LIMIT
+    with pytest.raises(Exception) as too_big:
+        sdk.files.create(file=("big.jsonl", data), purpose="fine-tune")
+    assert getattr(too_big.value, "status_code", None) == 413
+
+    upload = sdk.uploads.upload_file_chunked(file=data, filename="big.jsonl", bytes=len(data),
+                                             mime_type="text/jsonl", purpose="fine-tune", part_size=5_000,
+                                             md5=hashlib.md5(data).hexdigest())
+    assert isinstance(upload, oa.Upload) and upload.status == "completed"
+    assert upload.file.bytes == len(data) and upload.file.filename == "big.jsonl"
+    assert sdk.files.content(upload.file.id).read() == data
+    raw = sdk.uploads.with_raw_response.create(bytes=10, filename="x.jsonl", mime_type="text/jsonl",
+                                               purpose="fine-tune")
+    assert_matches(json.loads(raw.text), "Upload")
+    # Parts are gone from storage once assembled; only the file remains.
+    leftovers = [p for p in settings.storage_dir.rglob("*") if p.is_file() and "uploads" in p.parts]
+    assert leftovers == []
+    # The file is a training file like any other: a job accepts it.
+    job = sdk.fine_tuning.jobs.create(training_file=upload.file.id, model="tiny-llama")
+    assert job.training_file == upload.file.id
+    sdk.fine_tuning.jobs.cancel(job.id)
+
+
+def test_bad_uploads_change_nothing(sdk):
+    files_before = [f.id for f in sdk.files.list()]
+    bad = big_jsonl(100)[:-30] + b"\n{not json}\n"
+    upload = sdk.uploads.create(bytes=len(bad), filename="bad.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    first = sdk.uploads.parts.create(upload.id, data=bad[:4000])
+    assert_matches(first.model_dump(), "UploadPart")
+    second = sdk.uploads.parts.create(upload.id, data=bad[4000:])
+    with pytest.raises(BadRequestError) as invalid_file:
+        sdk.uploads.complete(upload.id, part_ids=[first.id, second.id])
+    assert invalid_file.value.body["code"] == "invalid_file_format" and "line" in invalid_file.value.body["message"]
+    with pytest.raises(BadRequestError) as wrong_order:  # bytes add up, md5 does not
+        sdk.uploads.complete(upload.id, part_ids=[second.id, first.id], md5=hashlib.md5(bad).hexdigest())
+    assert wrong_order.value.body["param"] == "md5"
+    with pytest.raises(BadRequestError) as missing:
+        sdk.uploads.complete(upload.id, part_ids=[first.id])
+    assert missing.value.body["code"] == "upload_size_mismatch"
+    with pytest.raises(Exception) as part_too_big:
+        sdk.uploads.parts.create(upload.id, data=b"x" * 7_000)
+    assert getattr(part_too_big.value, "status_code", None) == 413
+    assert [f.id for f in sdk.files.list()] == files_before
+
+    cancelled = sdk.uploads.cancel(upload.id)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(BadRequestError) as after_cancel:
+        sdk.uploads.parts.create(upload.id, data=b"{}\n")
+    assert after_cancel.value.body["code"] == "upload_not_pending"
+    with pytest.raises(BadRequestError) as purpose:
+        sdk.uploads.create(bytes=10, filename="x", mime_type="text/plain", purpose="assistants")
+    assert purpose.value.body["param"] == "purpose"
