@@ -160,6 +160,96 @@ from worker.evaluation.cli import evaluate_command, show_evaluation  # noqa: E40
 for _command in (prepare_data, evaluate_command, show_evaluation):
     main.add_command(_command)
 
+# --- webhooks (issue 15) ----------------------------------------------------------------
+
+
+def _project_pk(session, project: str) -> int:
+    from sqlalchemy import select
+
+    from app.models import Project
+
+    pk = session.scalar(select(Project.pk).where(Project.name == project))
+    if pk is None:
+        raise click.BadParameter(f"no project named '{project}'", param_hint="--project")
+    return pk
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook endpoints: fine_tuning.job.succeeded/failed/cancelled, signed (Standard Webhooks)."""
+
+
+@webhooks.command("create")
+@click.option("--project", required=True)
+@click.option("--url", required=True, help="Where events are POSTed.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def webhooks_create(project: str, url: str, data_dir: Path | None) -> None:
+    """Register URL for PROJECT; prints the endpoint id and its signing secret (shown once)."""
+    from app.core.db import session_scope
+    from app.core.errors import APIError
+    from app.services import webhooks as service
+
+    settings = _apply_overrides(data_dir=data_dir)
+    migrate_database(settings)
+    with session_scope(settings.resolved_database_url) as session:
+        try:
+            row = service.create_endpoint(session, _project_pk(session, project), url)
+        except APIError as exc:
+            raise click.BadParameter(exc.message, param_hint="--url") from None
+        click.echo(f"{row.id} {row.secret}")
+
+
+@webhooks.command("list")
+@click.option("--project", required=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def webhooks_list(project: str, data_dir: Path | None) -> None:
+    """One line per endpoint: id, url."""
+    from app.core.db import session_scope
+    from app.services import webhooks as service
+
+    settings = _apply_overrides(data_dir=data_dir)
+    with session_scope(settings.resolved_database_url) as session:
+        for row in service.list_endpoints(session, _project_pk(session, project)):
+            click.echo(f"{row.id} {row.url}")
+
+
+@webhooks.command("delete")
+@click.option("--project", required=True)
+@click.argument("endpoint_id")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def webhooks_delete(project: str, endpoint_id: str, data_dir: Path | None) -> None:
+    from app.core.db import session_scope
+    from app.core.errors import APIError
+    from app.services import webhooks as service
+
+    settings = _apply_overrides(data_dir=data_dir)
+    with session_scope(settings.resolved_database_url) as session:
+        try:
+            service.delete_endpoint(session, _project_pk(session, project), endpoint_id)
+        except APIError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"deleted {endpoint_id}")
+
+
+@webhooks.command("deliveries")
+@click.option("--project", required=True)
+@click.argument("endpoint_id")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def webhooks_deliveries(project: str, endpoint_id: str, data_dir: Path | None) -> None:
+    """Every delivery to ENDPOINT_ID with every attempt, as JSON lines."""
+    from app.core.db import session_scope
+    from app.core.errors import APIError
+    from app.services import webhooks as service
+
+    settings = _apply_overrides(data_dir=data_dir)
+    with session_scope(settings.resolved_database_url) as session:
+        try:
+            endpoint = service.get_endpoint(session, _project_pk(session, project), endpoint_id)
+        except APIError as exc:
+            raise click.ClickException(exc.message) from None
+        for delivery in service.list_deliveries(session, endpoint):
+            click.echo(delivery.model_dump_json())
+
 
 if __name__ == "__main__":
     main()

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
 from app.api.routes import evaluations, files, fine_tuning, inference
 from app.api.routes import legacy as legacy_fine_tunes
-from app.api.routes import uploads
+from app.api.routes import uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.services.inference import InferenceEngine
 from app.services.storage import LocalStorage
 
 
+def _background_senders(settings: Settings):
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        from app.services.webhook_sender import WebhookSender
+
+        sender = WebhookSender(settings).start() if settings.webhook_sender else None
+        yield
+        if sender is not None:
+            sender.stop()
+
+    return lifespan
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
-    app = FastAPI(title="Whetstone", version="0.1.0", description="Self-hosted fine-tuning, OpenAI-compatible API")
+    app = FastAPI(title="Whetstone", version="0.1.0", description="Self-hosted fine-tuning, OpenAI-compatible API",
+                  lifespan=_background_senders(settings))
     app.state.settings = settings
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.engine = InferenceEngine(settings)
@@ -36,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     install_error_handlers(app)
-    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads):
+    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks):
         app.include_router(module.router)
     return app
 

@@ -18,7 +18,7 @@ from app.models import Base
 from tests.conftest import POSTGRES_ADMIN, REPO
 
 TABLES = {"projects", "api_keys", "files", "fine_tuning_jobs", "job_events", "checkpoints", "fine_tuned_models",
-          "evaluations"}
+          "evaluations", "uploads", "upload_parts", "webhook_endpoints", "webhook_deliveries", "webhook_attempts"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
