@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -163,15 +164,33 @@ for _command in (prepare_data, evaluate_command, show_evaluation):
 # --- webhooks (issue 15) ----------------------------------------------------------------
 
 
-def _project_pk(session, project: str) -> int:
+@contextmanager
+def _project_session(project: str, data_dir: Path | None):
+    """A session and the pk of PROJECT; service errors become CLI errors."""
     from sqlalchemy import select
 
+    from app.core.db import session_scope
+    from app.core.errors import APIError
     from app.models import Project
 
-    pk = session.scalar(select(Project.pk).where(Project.name == project))
-    if pk is None:
-        raise click.BadParameter(f"no project named '{project}'", param_hint="--project")
-    return pk
+    settings = _apply_overrides(data_dir=data_dir)
+    migrate_database(settings)
+    with session_scope(settings.resolved_database_url) as session:
+        pk = session.scalar(select(Project.pk).where(Project.name == project))
+        if pk is None:
+            raise click.BadParameter(f"no project named '{project}'", param_hint="--project")
+        try:
+            yield session, pk
+        except APIError as exc:
+            raise click.ClickException(exc.message) from None
+
+
+def _webhook_command(name: str, help: str):
+    def decorate(fn):
+        fn = click.option("--data-dir", type=click.Path(path_type=Path), default=None)(fn)
+        fn = click.option("--project", required=True)(fn)
+        return webhooks.command(name, help=help)(fn)
+    return decorate
 
 
 @main.group()
@@ -179,77 +198,44 @@ def webhooks() -> None:
     """Webhook endpoints: fine_tuning.job.succeeded/failed/cancelled, signed (Standard Webhooks)."""
 
 
-@webhooks.command("create")
-@click.option("--project", required=True)
+@_webhook_command("create", "Register URL for PROJECT; prints the endpoint id and its signing secret (shown once).")
 @click.option("--url", required=True, help="Where events are POSTed.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 def webhooks_create(project: str, url: str, data_dir: Path | None) -> None:
-    """Register URL for PROJECT; prints the endpoint id and its signing secret (shown once)."""
-    from app.core.db import session_scope
-    from app.core.errors import APIError
     from app.services import webhooks as service
 
-    settings = _apply_overrides(data_dir=data_dir)
-    migrate_database(settings)
-    with session_scope(settings.resolved_database_url) as session:
-        try:
-            row = service.create_endpoint(session, _project_pk(session, project), url)
-        except APIError as exc:
-            raise click.BadParameter(exc.message, param_hint="--url") from None
+    with _project_session(project, data_dir) as (session, project_pk):
+        row = service.create_endpoint(session, project_pk, url)
         click.echo(f"{row.id} {row.secret}")
 
 
-@webhooks.command("list")
-@click.option("--project", required=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@_webhook_command("list", "One line per endpoint: id, url.")
 def webhooks_list(project: str, data_dir: Path | None) -> None:
-    """One line per endpoint: id, url."""
-    from app.core.db import session_scope
     from app.services import webhooks as service
 
-    settings = _apply_overrides(data_dir=data_dir)
-    with session_scope(settings.resolved_database_url) as session:
-        for row in service.list_endpoints(session, _project_pk(session, project)):
+    with _project_session(project, data_dir) as (session, project_pk):
+        for row in service.list_endpoints(session, project_pk):
             click.echo(f"{row.id} {row.url}")
 
 
-@webhooks.command("delete")
-@click.option("--project", required=True)
+@_webhook_command("delete", "Remove ENDPOINT_ID (and its delivery record).")
 @click.argument("endpoint_id")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 def webhooks_delete(project: str, endpoint_id: str, data_dir: Path | None) -> None:
-    from app.core.db import session_scope
-    from app.core.errors import APIError
     from app.services import webhooks as service
 
-    settings = _apply_overrides(data_dir=data_dir)
-    with session_scope(settings.resolved_database_url) as session:
-        try:
-            service.delete_endpoint(session, _project_pk(session, project), endpoint_id)
-        except APIError as exc:
-            raise click.ClickException(exc.message) from None
+    with _project_session(project, data_dir) as (session, project_pk):
+        service.delete_endpoint(session, project_pk, endpoint_id)
     click.echo(f"deleted {endpoint_id}")
 
 
-@webhooks.command("deliveries")
-@click.option("--project", required=True)
+@_webhook_command("deliveries", "Every delivery to ENDPOINT_ID with every attempt, as JSON lines.")
 @click.argument("endpoint_id")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 def webhooks_deliveries(project: str, endpoint_id: str, data_dir: Path | None) -> None:
-    """Every delivery to ENDPOINT_ID with every attempt, as JSON lines."""
-    from app.core.db import session_scope
-    from app.core.errors import APIError
     from app.services import webhooks as service
 
-    settings = _apply_overrides(data_dir=data_dir)
-    with session_scope(settings.resolved_database_url) as session:
-        try:
-            endpoint = service.get_endpoint(session, _project_pk(session, project), endpoint_id)
-        except APIError as exc:
-            raise click.ClickException(exc.message) from None
+    with _project_session(project, data_dir) as (session, project_pk):
+        endpoint = service.get_endpoint(session, project_pk, endpoint_id)
         for delivery in service.list_deliveries(session, endpoint):
             click.echo(delivery.model_dump_json())
-
 
 if __name__ == "__main__":
     main()

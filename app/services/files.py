@@ -57,15 +57,21 @@ def create_file(session: Session, storage: LocalStorage, caller: Caller, *, uplo
         row = File(id=file_id, project_pk=caller.project_pk, filename=filename[:512] or "upload.jsonl",
                    purpose=purpose, bytes=writer.bytes, status="processed", storage_key=key,
                    data_format=summary.format, n_examples=summary.n_examples)
-        session.add(row)
-        session.flush()
-        writer.commit()
-        try:
-            session.commit()
-        except BaseException:
-            storage.delete(key)
-            raise
+        commit_with_file(session, storage, writer, key, row)
     return row
+
+
+def commit_with_file(session: Session, storage: LocalStorage, writer, key: str, row: object) -> None:
+    """Flush the row (constraints checked), move the file into place, commit; a failed commit
+    removes the file again, so neither exists without the other."""
+    session.add(row)
+    session.flush()
+    writer.commit()
+    try:
+        session.commit()
+    except BaseException:
+        storage.delete(key)
+        raise
 
 
 def get_file(session: Session, caller: Caller, file_id: str, *, param: str | None = None) -> File:

@@ -87,14 +87,7 @@ def add_part(session: Session, storage: LocalStorage, settings: Settings, caller
         if writer.bytes == 0:
             raise invalid("A part must not be empty.", param="data", code="empty_part")
         part = UploadPart(id=part_id, upload_pk=upload.pk, bytes=writer.bytes, storage_key=key)
-        session.add(part)
-        session.flush()
-        writer.commit()
-        try:
-            session.commit()
-        except BaseException:
-            storage.delete(key)
-            raise
+        file_service.commit_with_file(session, storage, writer, key, part)
     return part, upload
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from sqlalchemy import and_, exists, select, update
@@ -75,19 +76,19 @@ def record_new_deliveries(settings: Settings) -> int:
     return added
 
 
-def _claim(settings: Settings) -> list[tuple[int, int]]:
-    """Due deliveries this sender now owns: (pk, the claim's next_attempt_at)."""
+def _claim(settings: Settings, limit: int) -> list[int]:
+    """Up to `limit` due deliveries, now owned by this sender until CLAIM_MS from now."""
     claimed = []
     with session_scope(settings.resolved_database_url) as session:
         due = session.execute(select(WebhookDelivery.pk, WebhookDelivery.next_attempt_at).where(
             WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now_ms())
-            .order_by(WebhookDelivery.next_attempt_at).limit(50)).all()
+            .order_by(WebhookDelivery.next_attempt_at).limit(limit)).all()
         for pk, seen in due:
             lease = now_ms() + CLAIM_MS
             if session.execute(update(WebhookDelivery).where(WebhookDelivery.pk == pk,
                                                              WebhookDelivery.next_attempt_at == seen)
                                .values(next_attempt_at=lease)).rowcount:
-                claimed.append((pk, lease))
+                claimed.append(pk)
     return claimed
 
 
@@ -126,17 +127,17 @@ def attempt(settings: Settings, client: httpx.Client, delivery_pk: int) -> None:
         log.info("webhook %s to %s: attempt failed (%s)", msg_id, target, error)
 
 
-def run_once(settings: Settings, client: httpx.Client) -> None:
-    record_new_deliveries(settings)
-    for pk, _ in _claim(settings):
-        attempt(settings, client, pk)
-
-
 class WebhookSender:
-    def __init__(self, settings: Settings) -> None:
+    """Records deliveries and sends them from up to `parallel` threads, so one slow endpoint
+    holds one thread, not the others' deliveries."""
+
+    def __init__(self, settings: Settings, parallel: int = 8) -> None:
         self.settings = settings
+        self.parallel = parallel
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="webhook-sender", daemon=True)
+        self._busy = 0
+        self._lock = threading.Lock()
 
     def start(self) -> "WebhookSender":
         self._thread.start()
@@ -146,11 +147,27 @@ class WebhookSender:
         self._stop.set()
         self._thread.join(timeout=self.settings.webhook_timeout_seconds + 5)
 
+    def _send(self, client: httpx.Client, pk: int) -> None:
+        try:
+            attempt(self.settings, client, pk)
+        except Exception:  # the claim expires and the attempt is made again
+            log.exception("webhook delivery %s: attempt not recorded", pk)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
     def _loop(self) -> None:
-        with httpx.Client(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False) as client:
+        with httpx.Client(timeout=self.settings.webhook_timeout_seconds, follow_redirects=False) as client, \
+                ThreadPoolExecutor(self.parallel, thread_name_prefix="webhook-send") as pool:
             while not self._stop.is_set():
                 try:
-                    run_once(self.settings, client)
+                    record_new_deliveries(self.settings)
+                    with self._lock:
+                        free = self.parallel - self._busy
+                    for pk in _claim(self.settings, free) if free else []:
+                        with self._lock:
+                            self._busy += 1
+                        pool.submit(self._send, client, pk)
                 except Exception:  # the database may be briefly away; try again next round
                     log.exception("webhook sender round failed")
                 self._stop.wait(self.settings.webhook_poll_interval)

@@ -127,14 +127,16 @@ def test_a_receiver_that_is_down_gets_retries_with_backoff(hooks_api):
     assert elapsed >= 0.5 + 1.0  # backoff 0.5 s, then 1 s
 
 
-def test_a_slow_receiver_delays_neither_requests_nor_jobs(hooks_api, fast_settings):
+def test_a_slow_receiver_delays_neither_requests_nor_jobs_nor_other_endpoints(hooks_api, fast_settings):
     api = hooks_api
-    with receiver() as (url, got):
-        got.secret = register(api, url)["secret"]
-        got.delay = 3.0
+    with receiver() as (url, slow), receiver() as (fast_url, fast):
+        slow.secret = register(api, url)["secret"]
+        fast.secret = register(api, fast_url)["secret"]
+        slow.delay = 3.0
         first = create_job(api, chat_jsonl(12))
         api.post(f"/v1/fine_tuning/jobs/{first}/cancel")
-        wait_for(lambda: got.arrived == 1)  # the sender is now inside the slow request
+        wait_for(lambda: slow.arrived == 1)  # a sender thread is now inside the slow request
+        wait_for(lambda: len(fast.verified) == 1, timeout=1.5)  # the other endpoint is not held up
         second = create_job(api, chat_jsonl(5))
         started = time.monotonic()
         assert api.post(f"/v1/fine_tuning/jobs/{second}/cancel").json()["status"] == "cancelled"
@@ -142,8 +144,8 @@ def test_a_slow_receiver_delays_neither_requests_nor_jobs(hooks_api, fast_settin
         run_job(fast_settings, third)
         assert time.monotonic() - started < 2.0  # API call and job run did not wait for the receiver
         assert api.get(f"/v1/fine_tuning/jobs/{third}").json()["status"] == "failed"
-        assert got.verified == []  # still sleeping on the first
-        wait_for(lambda: len(got.verified) == 3, timeout=20)
+        assert slow.verified == []  # still sleeping on the first
+        wait_for(lambda: len(slow.verified) == 3 and len(fast.verified) == 3, timeout=20)
 
 
 def test_webhooks_cli(settings, tmp_path):
@@ -163,5 +165,6 @@ def test_webhooks_cli(settings, tmp_path):
     assert whetstone("list", "--project", project).split() == [endpoint_id, "http://127.0.0.1:9/x"]
     assert whetstone("deliveries", "--project", project, endpoint_id) == ""
     assert "not an http(s) URL" in whetstone("create", "--project", project, "--url", "ftp://x", ok=False)
+    assert "No such webhook endpoint" in whetstone("delete", "--project", project, "whep-nope", ok=False)
     assert whetstone("delete", "--project", project, endpoint_id).strip() == f"deleted {endpoint_id}"
     assert whetstone("list", "--project", project) == ""
