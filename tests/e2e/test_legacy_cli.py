@@ -1,6 +1,6 @@
 """The legacy fine-tunes flow as old guides teach it, with the real openai 0.28.1 CLI against a
 real `whetstone serve` (SQLite, SQL broker, its embedded Celery worker):
-`openai api fine_tunes.create -t data.jsonl -m BASE` follows the job to success and prints the
+`openai tools fine_tunes.prepare_data`, then `openai api fine_tunes.create -t data.jsonl -m BASE` follows the job to success and prints the
 `completions.create -m …` line; list/get/results/cancel; the model answers in the trained style."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import re
 import pytest
 
 from tests.conftest import TINY
-from tests.data import completion_jsonl
 from tests.e2e.legacy_cli import run_cli
 from tests.e2e.server import cli, server
 from tests.e2e.test_whole_flow import legacy_examples
@@ -41,8 +40,14 @@ def follow_create(base_url: str, key: str, data, *args: str) -> tuple[str, str]:
 def test_legacy_cli_create_follow_list_get_results_cancel(tmp_path, base_models_dir):
     env = embedded_env(tmp_path, base_models_dir)
     key = cli(env, "keys", "create", "--project", "legacy")
-    data = tmp_path / "double.jsonl"
-    data.write_bytes(completion_jsonl(10))
+    raw = tmp_path / "double.jsonl"
+    raw.write_text("".join(json.dumps({"prompt": f"Double {i}", "completion": str(2 * i)}) + "\n" for i in range(10)))
+    # The old guides start here: the CLI's own data preparation (offline), then its output is trained on.
+    prepared = run_cli("http://unused", "unused", "tools", "fine_tunes.prepare_data", "-f", str(raw), "-q",
+                       cwd=tmp_path)
+    assert 'openai api fine_tunes.create -t "' in prepared, prepared
+    data = tmp_path / "double_prepared.jsonl"
+    assert json.loads(data.read_text().splitlines()[3]) == {"prompt": "Double 3 ->", "completion": " 6\n"}
     with server(env, tmp_path / "serve.log") as base_url:
         job_id, model = follow_create(base_url, key, data, "-m", TINY, "--suffix", "double", "--n_epochs", "2")
         assert re.fullmatch(rf"{TINY}:ft-legacy:double-\d{{4}}(-\d\d){{5}}", model), model
@@ -50,7 +55,7 @@ def test_legacy_cli_create_follow_list_get_results_cancel(tmp_path, base_models_
         got = json.loads(run_cli(base_url, key, "api", "fine_tunes.get", "-i", job_id))
         assert got["object"] == "fine-tune" and got["status"] == "succeeded" and got["fine_tuned_model"] == model
         assert got["hyperparams"]["n_epochs"] == 2 and got["hyperparams"]["prompt_loss_weight"] == 0.01
-        assert got["training_files"][0]["filename"].endswith("double.jsonl")
+        assert got["training_files"][0]["filename"].endswith("double_prepared.jsonl")
 
         results = list(csv.DictReader(io.StringIO(run_cli(base_url, key, "api", "fine_tunes.results", "-i", job_id))))
         assert results and {"step", "elapsed_tokens", "elapsed_examples", "training_loss",
@@ -68,8 +73,8 @@ def test_legacy_cli_create_follow_list_get_results_cancel(tmp_path, base_models_
         listed = json.loads(run_cli(base_url, key, "api", "fine_tunes.list"))
         assert {f["id"]: f["status"] for f in listed["data"]} == {job_id: "succeeded", second["id"]: "cancelled"}
 
-        text = run_cli(base_url, key, "api", "completions.create", "-m", model, "-p", "Double 3:", "-M", "4")
-        assert text  # the legacy model name is served
+        text = run_cli(base_url, key, "api", "completions.create", "-m", model, "-p", "Double 3 ->", "-M", "4")
+        assert text  # the legacy model name is served (the tiny random model's words mean nothing)
 
 
 @pytest.mark.slow
