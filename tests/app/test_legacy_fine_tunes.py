@@ -8,6 +8,10 @@ import io
 import json
 import re
 
+from sqlalchemy import update
+
+from app.core.db import session_scope
+from app.models import FineTuningJob
 from tests.conftest import TINY
 from tests.data import completion_jsonl
 from worker.tasks import run_job
@@ -127,3 +131,26 @@ def test_legacy_cancel_and_errors(api):
     error(create(api, training_file=training, model="no-such-model"), "model")
     assert api.get("/v1/fine-tunes/ftjob-nope").status_code == 404
     assert len(api.get("/v1/fine-tunes").json()["data"]) == 1  # the rejected creates left no job
+
+
+def test_prompt_loss_weight_reaches_the_trainer(api, settings):
+    """Same data, same seed, prompt_loss_weight 0 vs 0.5: with a trainer that supports the knob the
+    loss differs (prompt tokens now count); with one that does not, the job says so."""
+    training = api.upload(completion_jsonl(10)).json()["id"]
+    losses, logs = [], []
+    for weight in (0.0, 0.5):
+        job = create(api, training_file=training, n_epochs=1, prompt_loss_weight=weight).json()
+        # Same seed for both: set on the one job row both APIs share.
+        with session_scope(settings.resolved_database_url) as session:
+            session.execute(update(FineTuningJob).where(FineTuningJob.id == job["id"]).values(seed=1234))
+        run_job(settings, job["id"])
+        done = api.get(f"/v1/fine-tunes/{job['id']}").json()
+        assert done["status"] == "succeeded" and done["hyperparams"]["prompt_loss_weight"] == weight
+        rows = list(csv.DictReader(io.StringIO(api.get(f"/v1/files/{done['result_files'][0]['id']}/content").text)))
+        losses.append([float(r["training_loss"]) for r in rows])
+        logs.append([e["message"] for e in done["events"]])
+    if "prompt_loss_weight" in TrainingConfig.__dataclass_fields__:
+        assert losses[0] != losses[1]
+    else:
+        assert losses[0] == losses[1]
+        assert any(m.startswith("prompt_loss_weight=0.5 is not supported") for m in logs[1])
