@@ -109,9 +109,9 @@ def classification_metrics(base_model_dir: Path, adapter_dir: Path, validation_f
 
     @torch.no_grad()
     def log_likelihood(prompt: str, completion: str) -> float:
-        ids, labels, _ = tokenize_example(tokenizer, {"prompt": prompt, "completion": completion}, max_seq_len)
-        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-        targets = torch.tensor(labels[1:])
+        tokens = tokenize_example(tokenizer, {"prompt": prompt, "completion": completion}, max_seq_len)
+        logits = model(input_ids=torch.tensor([tokens.input_ids])).logits[0, :-1].float()
+        targets = torch.tensor(tokens.labels[1:])
         mask = targets != -100
         logp = torch.log_softmax(logits[mask], dim=-1).gather(1, targets[mask].unsqueeze(1))
         return float(logp.sum())
