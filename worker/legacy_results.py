@@ -51,7 +51,8 @@ def binary_metrics(truth: list[bool], scores: list[float], betas: list[float]) -
     for beta in betas:
         b2 = beta * beta
         denominator = b2 * precision + recall
-        out[f"classification/f{beta:g}"] = (1 + b2) * precision * recall / denominator if denominator else 0.0
+        # OpenAI named these columns f1.0, f0.5, ...
+        out[f"classification/f{float(beta)}"] = (1 + b2) * precision * recall / denominator if denominator else 0.0
     return out
 
 

@@ -65,7 +65,7 @@ def test_legacy_fine_tune_trains_with_legacy_shapes_names_and_results(api, setti
     last = rows[-1]
     accuracy = float(last["classification/accuracy"])
     assert round(accuracy * 6) == accuracy * 6  # k of the 6 validation examples
-    for name in ("precision", "recall", "auroc", "auprc", "f0.5", "f2"):
+    for name in ("precision", "recall", "auroc", "auprc", "f0.5", "f2.0"):
         assert 0 <= float(last[f"classification/{name}"]) <= 1, name
     assert all(r["classification/accuracy"] == "" for r in rows[:-1])
 
