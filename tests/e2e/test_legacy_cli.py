@@ -57,6 +57,11 @@ def test_legacy_cli_create_follow_list_get_results_cancel(tmp_path, base_models_
         assert got["hyperparams"]["n_epochs"] == 2 and got["hyperparams"]["prompt_loss_weight"] == 0.01
         assert got["training_files"][0]["filename"].endswith("double_prepared.jsonl")
 
+        events = json.loads(run_cli(base_url, key, "api", "fine_tunes.events", "-i", job_id))["data"]
+        assert events[0]["object"] == "fine-tune-event" and events[-1]["message"] == "The job has successfully completed"
+        followed = run_cli(base_url, key, "api", "fine_tunes.follow", "-i", job_id)  # a finished job: replay, then [DONE]
+        assert followed.count("] ") == len(events) and f"completions.create -m {model}" in followed
+
         results = list(csv.DictReader(io.StringIO(run_cli(base_url, key, "api", "fine_tunes.results", "-i", job_id))))
         assert results and {"step", "elapsed_tokens", "elapsed_examples", "training_loss",
                             "training_sequence_accuracy", "training_token_accuracy"} <= set(results[0])
