@@ -21,7 +21,7 @@ from app.services.event_stream import follow_job_events
 router = APIRouter(prefix="/v1/fine-tunes", tags=["legacy fine-tunes"])
 
 
-@router.post("", response_model=FineTune, response_model_exclude_none=False)
+@router.post("", response_model=FineTune)
 def create_fine_tune(body: CreateFineTuneRequest, caller: Caller = CallerDep,
                      settings: Settings = SettingsDep) -> FineTune:
     with session_scope(settings.resolved_database_url) as session:
