@@ -161,6 +161,7 @@ from worker.evaluation.cli import evaluate_command, show_evaluation  # noqa: E40
 for _command in (prepare_data, evaluate_command, show_evaluation):
     main.add_command(_command)
 
+
 # --- webhooks (issue 15) ----------------------------------------------------------------
 
 
