@@ -99,13 +99,15 @@ class JobRun:
         return self.storage.path(row.storage_key), row.n_examples or 0
 
     def results_file(self, metrics: list[dict]) -> str:
-        columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+        columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                   "learning_rate", "tokens_per_second"]
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(columns)
         for row in metrics:
             values = [row.get("step"), row.get("train_loss"), row.get("train_mean_token_accuracy"),
-                      row.get("valid_loss"), row.get("valid_mean_token_accuracy")]
+                      row.get("valid_loss"), row.get("valid_mean_token_accuracy"), row.get("learning_rate"),
+                      row.get("tokens_per_second")]
             writer.writerow(["" if v is None else v for v in values])
         content = out.getvalue().encode()
         file_id = new_id("file")
@@ -163,7 +165,8 @@ def run_job(settings: Settings, job_id: str) -> None:
 
 
 def _run(run: JobRun) -> None:
-    from worker.training import LoraSettings, TrainingConfig, resolve_hyperparameters, train
+    from worker.training import TrainingConfig, resolve_hyperparameters, train
+    from worker.training.config import training_options
 
     job = run.job
     run.event(f"Validating training file: {job.training_file}")
@@ -176,9 +179,10 @@ def _run(run: JobRun) -> None:
         validation_path, _ = run.data_path(job.validation_file, "validation_file")
     try:
         hyper = resolve_hyperparameters(job.hyperparameters, n_examples)
+        options = training_options(job.hyperparameters)
     except ValueError as exc:
         raise JobFailed("invalid_hyperparameters", str(exc), "hyperparameters") from None
-    resolved = {"n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
+    resolved = {**job.hyperparameters, "n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
                 "learning_rate_multiplier": hyper.learning_rate_multiplier}
     if not run.move("validating_files", "queued", "Files validated, moving job to queued state",
                     resolved_hyperparameters=resolved):
@@ -189,7 +193,7 @@ def _run(run: JobRun) -> None:
     config = TrainingConfig(
         base_model_dir=base_dir, training_file=training_path, validation_file=validation_path,
         output_dir=run.workdir / "adapter", checkpoint_dir=run.workdir / "checkpoints",
-        hyperparameters=hyper, lora=LoraSettings(), seed=job.seed,
+        hyperparameters=hyper, seed=job.seed, **options,
     )
     result = train(config, run)
     if result.stopped:

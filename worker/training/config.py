@@ -33,6 +33,20 @@ DEFAULT_BASE_LEARNING_RATE = 1e-3
 
 HYPERPARAMETER_NAMES = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
+# Knobs beyond OpenAI's three, as the API accepts them in ``hyperparameters`` -> where they go.
+EXTRA_KNOBS = {
+    "weight_decay": "weight_decay",
+    "warmup_ratio": "warmup_ratio",
+    "lr_scheduler": "lr_scheduler",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "max_seq_len": "max_seq_len",
+    "eval_interval": "eval_every",
+    "early_stopping_patience": "early_stopping_patience",
+    "prompt_loss_weight": "prompt_loss_weight",
+}
+LORA_KNOBS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "use_dora": "use_dora",
+              "train_top_k_layers": "train_top_k_layers"}
+
 
 @dataclass
 class Hyperparameters:
@@ -75,7 +89,7 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> Hyperparameters
     """Turn API hyper-parameters (numbers, ``"auto"`` or missing) into concrete values."""
     if n_examples < 1:
         raise ValueError(f"n_examples must be at least 1, got {n_examples}")
-    unknown = set(requested) - set(HYPERPARAMETER_NAMES)
+    unknown = set(requested) - set(HYPERPARAMETER_NAMES) - set(EXTRA_KNOBS) - set(LORA_KNOBS)
     if unknown:
         raise ValueError(f"unknown hyper-parameter(s): {', '.join(sorted(unknown))}")
 
@@ -95,6 +109,15 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> Hyperparameters
     )
 
 
+def training_options(requested: dict) -> dict:
+    """``TrainingConfig`` keyword arguments (``lora`` included) for the extra knobs given in the
+    job's hyper-parameters; knobs not given keep the defaults of ``TrainingConfig``/``LoraSettings``."""
+    options = {EXTRA_KNOBS[k]: v for k, v in requested.items() if k in EXTRA_KNOBS and v is not None}
+    lora = {LORA_KNOBS[k]: v for k, v in requested.items() if k in LORA_KNOBS and v is not None}
+    options["lora"] = LoraSettings(**lora)
+    return options
+
+
 def _integral(name: str, value: Any) -> Any:
     """Accept 3.0 for 3 (JSON clients send floats); leave anything else for validation."""
     if isinstance(value, float) and value.is_integer():
@@ -112,6 +135,8 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None
+    use_dora: bool = False  # weight-decomposed LoRA (DoRA)
+    train_top_k_layers: int | None = None  # adapters only on the top K transformer layers (the rest frozen)
 
     def __post_init__(self) -> None:
         _check_int("lora.r", self.r, 1, 1024)
@@ -122,6 +147,8 @@ class LoraSettings:
             not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules)
         ):
             raise ValueError(f"lora.target_modules must be a non-empty list of names, got {self.target_modules!r}")
+        if self.train_top_k_layers is not None:
+            _check_int("lora.train_top_k_layers", self.train_top_k_layers, 1, 1 << 20)
 
 
 LR_SCHEDULERS = ("linear", "cosine", "constant")

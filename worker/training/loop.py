@@ -150,7 +150,6 @@ class _Run:
         self.valid_set = None
         if config.validation_file is not None:
             self.valid_set = _load_examples(config.validation_file, tokenizer, config.max_seq_len, "validation", callbacks)
-        self.row_tokens = max(config.max_seq_len, max(len(ids) for ids, _ in self.train_set))
         self.model = apply_method(model, config)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -226,8 +225,7 @@ class _Run:
         loss_sum, n_tokens, n_correct = 0.0, 0, 0
         bs = self.config.hyperparameters.batch_size
         for start in range(0, len(self.valid_set), bs):
-            batch = self._to_device(make_batch(self.valid_set[start : start + bs], self.pad, packed=self._packed,
-                                               row_tokens=self.row_tokens))
+            batch = self._to_device(self._batch(self.valid_set[start : start + bs], 0.0))
             with self._autocast():
                 loss, _, n, correct = batch_loss(self.model, batch)
             loss_sum, n_tokens, n_correct = loss_sum + loss.item(), n_tokens + n, n_correct + correct
@@ -257,6 +255,12 @@ class _Run:
     def _packed(self) -> bool:
         return self.config.batching == "packed"
 
+    def _batch(self, examples: list[Example], prompt_loss_weight: float) -> dict:
+        """Packed rows no wider than the longest example: never more tokens than padding would use, and
+        no masked attention over rows much wider than one example (its cost grows with the row squared)."""
+        width = max(len(ids) for ids, _ in examples)
+        return make_batch(examples, self.pad, packed=self._packed, row_tokens=width, prompt_loss_weight=prompt_loss_weight)
+
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -270,11 +274,7 @@ class _Run:
         started = time.perf_counter()
         accumulation = min(config.gradient_accumulation_steps, len(examples))
         size = math.ceil(len(examples) / accumulation)
-        batches = [
-            make_batch(examples[i : i + size], self.pad, packed=self._packed, row_tokens=self.row_tokens,
-                       prompt_loss_weight=config.prompt_loss_weight)
-            for i in range(0, len(examples), size)
-        ]
+        batches = [self._batch(examples[i : i + size], config.prompt_loss_weight) for i in range(0, len(examples), size)]
         denominator = sum(float(b["weights"].sum()) for b in batches)
         loss_sum = 0.0
         for batch in batches:

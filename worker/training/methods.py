@@ -21,10 +21,21 @@ def lora_targets(model: Any, configured: list[str] | None) -> list[str] | str:
 
 
 def apply_method(model: Any, config: TrainingConfig) -> Any:
-    """Wrap ``model`` with a LoRA adapter shaped by ``config.lora``; only the adapter trains."""
+    """Wrap ``model`` with a LoRA (or DoRA) adapter shaped by ``config.lora``; only the adapter trains.
+
+    ``train_top_k_layers=K`` puts adapters on the last K transformer layers only: the first
+    ``n_layers - K`` stay frozen (classic transfer-learning advice: adapt the top, keep the bottom).
+    """
     lora = config.lora
+    layers = None
+    if lora.train_top_k_layers is not None:
+        n_layers = model.config.num_hidden_layers
+        if lora.train_top_k_layers > n_layers:
+            raise ValueError(f"train_top_k_layers={lora.train_top_k_layers} but the model has {n_layers} layers")
+        layers = list(range(n_layers - lora.train_top_k_layers, n_layers))
     peft_config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_dora=lora.use_dora,
         target_modules=lora_targets(model, lora.target_modules), task_type="CAUSAL_LM",
+        layers_to_transform=layers, layers_pattern="layers" if layers is not None else None,
     )
     return get_peft_model(model, peft_config)
