@@ -93,10 +93,10 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
     # use_cache=False matters: with a cache transformers ignores packed position ids in the mask.
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep,
                    use_cache=False).logits
-    weights, targets, learned = weights[:, keep], batch["targets"][:, keep], batch["learned"][:, keep]
-    mask = weights > 0
-    logits, targets, weights, learned = logits.float()[mask], targets[mask], weights[mask], learned[mask]
-    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    weights, targets, learned = weights[:, keep].reshape(-1), batch["targets"][:, keep].reshape(-1), batch["learned"][:, keep].reshape(-1)
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    # No boolean indexing of the [tokens, vocab] logits: it copies them, and its backward fills a zero tensor as large.
+    losses = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")
     with torch.no_grad():
-        correct = int((logits[learned].argmax(-1) == targets[learned]).sum())
+        correct = int(((logits.argmax(-1) == targets) & learned).sum())
     return (losses * weights).sum(), float(weights.sum()), int(learned.sum()), correct
