@@ -29,6 +29,7 @@ class Hyperparameters(BaseModel):
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     use_dora: bool | None = None
     train_top_k_layers: Annotated[int, Field(ge=1, le=1000)] | None = None
+    quantization: Literal["none", "nf4", "int8"] | None = None
 
 
 class SupervisedMethod(BaseModel):

@@ -11,7 +11,7 @@ from tests.data import chat_jsonl
 
 EXTRAS = {"weight_decay": 0.01, "warmup_ratio": 0.2, "lr_scheduler": "cosine", "gradient_accumulation_steps": 2,
           "max_seq_len": 512, "eval_interval": 10, "prompt_loss_weight": 0.1, "lora_r": 8, "lora_alpha": 16,
-          "lora_dropout": 0.1, "use_dora": True, "train_top_k_layers": 1}
+          "lora_dropout": 0.1, "use_dora": True, "train_top_k_layers": 1, "quantization": "nf4"}
 
 
 @pytest.fixture
@@ -44,6 +44,7 @@ def test_extra_hyperparameters_are_stored(api, training_file):
         ({"lora_dropout": 1}, "hyperparameters.lora_dropout"),
         ({"use_dora": "maybe"}, "hyperparameters.use_dora"),
         ({"train_top_k_layers": 0}, "hyperparameters.train_top_k_layers"),
+        ({"quantization": "fp4"}, "hyperparameters.quantization"),
         ({"lora_rank": 8}, "hyperparameters.lora_rank"),
     ],
 )

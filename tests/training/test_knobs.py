@@ -136,3 +136,16 @@ def test_training_options_from_job_hyperparameters():
     options = training_options({"n_epochs": 3, "eval_interval": 5, "lora_r": 8, "use_dora": True, "weight_decay": 0.1})
     assert options["eval_every"] == 5 and options["weight_decay"] == 0.1
     assert options["lora"] == LoraSettings(r=8, use_dora=True)
+
+
+@pytest.mark.parametrize("quantization, layer_type", [("nf4", "Linear4bit"), ("int8", "Linear8bitLt")])
+def test_qlora_trains_on_a_quantized_base(tiny_model_dir, tmp_path, quantization, layer_type):
+    """bitsandbytes 0.50 on CPU: the base's linear layers are quantized, the LoRA adapter learns."""
+    from worker.training import load_base_model
+
+    base, _ = load_base_model(tiny_model_dir, "cpu", quantization)
+    assert type(base.model.layers[0].self_attn.q_proj).__name__ == layer_type
+    _, _, result = run(tmp_path, tiny_model_dir, quantization, lora=LoraSettings(quantization=quantization),
+                       hyperparameters=Hyperparameters(n_epochs=3, batch_size=2, learning_rate_multiplier=5.0))
+    assert result.metrics[-1]["train_loss"] < 0.95 * result.metrics[0]["train_loss"]
+    assert any(t.abs().sum() > 0 for k, t in adapter(result).items() if "lora_B" in k)

@@ -45,7 +45,7 @@ EXTRA_KNOBS = {
     "prompt_loss_weight": "prompt_loss_weight",
 }
 LORA_KNOBS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "use_dora": "use_dora",
-              "train_top_k_layers": "train_top_k_layers"}
+              "train_top_k_layers": "train_top_k_layers", "quantization": "quantization"}
 
 
 @dataclass
@@ -136,6 +136,7 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: list[str] | None = None
     use_dora: bool = False  # weight-decomposed LoRA (DoRA)
+    quantization: str = "none"  # QLoRA: "nf4" (4-bit, double quantization) or "int8" base weights
     train_top_k_layers: int | None = None  # adapters only on the top K transformer layers (the rest frozen)
 
     def __post_init__(self) -> None:
@@ -147,6 +148,8 @@ class LoraSettings:
             not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules)
         ):
             raise ValueError(f"lora.target_modules must be a non-empty list of names, got {self.target_modules!r}")
+        if self.quantization not in ("none", "nf4", "int8"):
+            raise ValueError(f'lora.quantization must be "none", "nf4" or "int8", got {self.quantization!r}')
         if self.train_top_k_layers is not None:
             _check_int("lora.train_top_k_layers", self.train_top_k_layers, 1, 1 << 20)
 

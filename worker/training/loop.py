@@ -143,7 +143,7 @@ class _Run:
         if self.device.type == "cpu":
             _set_cpu_threads()
         callbacks.on_event(f"Loading base model from {config.base_model_dir} on {self.device}")
-        model, tokenizer = load_base_model(config.base_model_dir, self.device)
+        model, tokenizer = load_base_model(config.base_model_dir, self.device, config.lora.quantization)
         model.config.use_cache = False
         self.pad = pad_id(tokenizer)
         self.train_set = _load_examples(config.training_file, tokenizer, config.max_seq_len, "training", callbacks)

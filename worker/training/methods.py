@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
 from .config import TrainingConfig
 
@@ -27,6 +27,8 @@ def apply_method(model: Any, config: TrainingConfig) -> Any:
     ``n_layers - K`` stay frozen (classic transfer-learning advice: adapt the top, keep the bottom).
     """
     lora = config.lora
+    if lora.quantization != "none":  # QLoRA: frozen quantized base, float norms/embeddings, LoRA on top
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     layers = None
     if lora.train_top_k_layers is not None:
         n_layers = model.config.num_hidden_layers
