@@ -30,6 +30,7 @@ class Hyperparameters(BaseModel):
     use_dora: bool | None = None
     train_top_k_layers: Annotated[int, Field(ge=1, le=1000)] | None = None
     quantization: Literal["none", "nf4", "int8"] | None = None
+    full_finetune_layers: Annotated[list[Annotated[int, Field(ge=0, le=1000)]], Field(min_length=1)] | None = None
 
 
 class SupervisedMethod(BaseModel):

@@ -149,3 +149,16 @@ def test_qlora_trains_on_a_quantized_base(tiny_model_dir, tmp_path, quantization
                        hyperparameters=Hyperparameters(n_epochs=3, batch_size=2, learning_rate_multiplier=5.0))
     assert result.metrics[-1]["train_loss"] < 0.95 * result.metrics[0]["train_loss"]
     assert any(t.abs().sum() > 0 for k, t in adapter(result).items() if "lora_B" in k)
+
+
+def test_full_finetune_of_selected_layers(tiny_model_dir, tmp_path):
+    from worker.training import load_base_model
+
+    _, _, result = run(tmp_path, tiny_model_dir, "full1", lora=LoraSettings(full_finetune_layers=[1]))
+    keys = adapter(result)
+    full = {k: v for k, v in keys.items() if ".layers.1." in k}
+    assert "base_model.model.model.layers.1.self_attn.q_proj.weight" in full and not any("lora" in k for k in full)
+    assert any("lora_A" in k and ".layers.0." in k for k in keys)
+    base, _ = load_base_model(tiny_model_dir, "cpu")
+    assert not torch.equal(full["base_model.model.model.layers.1.self_attn.q_proj.weight"],
+                           base.model.layers[1].self_attn.q_proj.weight)  # the layer's own weights were trained

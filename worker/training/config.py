@@ -45,7 +45,8 @@ EXTRA_KNOBS = {
     "prompt_loss_weight": "prompt_loss_weight",
 }
 LORA_KNOBS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "use_dora": "use_dora",
-              "train_top_k_layers": "train_top_k_layers", "quantization": "quantization"}
+              "train_top_k_layers": "train_top_k_layers", "quantization": "quantization",
+              "full_finetune_layers": "full_finetune_layers"}
 
 
 @dataclass
@@ -138,6 +139,7 @@ class LoraSettings:
     use_dora: bool = False  # weight-decomposed LoRA (DoRA)
     quantization: str = "none"  # QLoRA: "nf4" (4-bit, double quantization) or "int8" base weights
     train_top_k_layers: int | None = None  # adapters only on the top K transformer layers (the rest frozen)
+    full_finetune_layers: list[int] | None = None  # these transformer layers train in full (no adapter on them)
 
     def __post_init__(self) -> None:
         _check_int("lora.r", self.r, 1, 1024)
@@ -150,6 +152,11 @@ class LoraSettings:
             raise ValueError(f"lora.target_modules must be a non-empty list of names, got {self.target_modules!r}")
         if self.quantization not in ("none", "nf4", "int8"):
             raise ValueError(f'lora.quantization must be "none", "nf4" or "int8", got {self.quantization!r}')
+        if self.full_finetune_layers is not None:
+            if not self.full_finetune_layers:
+                raise ValueError("lora.full_finetune_layers must name at least one layer")
+            for index in self.full_finetune_layers:
+                _check_int("lora.full_finetune_layers[]", index, 0, 1 << 20)
         if self.train_top_k_layers is not None:
             _check_int("lora.train_top_k_layers", self.train_top_k_layers, 1, 1 << 20)
 

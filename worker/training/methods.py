@@ -25,19 +25,29 @@ def apply_method(model: Any, config: TrainingConfig) -> Any:
 
     ``train_top_k_layers=K`` puts adapters on the last K transformer layers only: the first
     ``n_layers - K`` stay frozen (classic transfer-learning advice: adapt the top, keep the bottom).
+    ``full_finetune_layers`` trains those layers' own weights in full (PEFT ``modules_to_save``: a
+    trainable copy saved with the adapter); the other layers get LoRA adapters.
     """
     lora = config.lora
     if lora.quantization != "none":  # QLoRA: frozen quantized base, float norms/embeddings, LoRA on top
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    n_layers = model.config.num_hidden_layers
     layers = None
     if lora.train_top_k_layers is not None:
-        n_layers = model.config.num_hidden_layers
         if lora.train_top_k_layers > n_layers:
             raise ValueError(f"train_top_k_layers={lora.train_top_k_layers} but the model has {n_layers} layers")
         layers = list(range(n_layers - lora.train_top_k_layers, n_layers))
+    full = sorted(set(lora.full_finetune_layers or []))
+    if full and full[-1] >= n_layers:
+        raise ValueError(f"full_finetune_layers names layer {full[-1]} but the model has {n_layers} (0-{n_layers - 1})")
+    if full:
+        layers = [i for i in (layers if layers is not None else range(n_layers)) if i not in full]
+        if not layers:  # every adapted layer trains in full: keep a token adapter PEFT requires off the path
+            raise ValueError("full_finetune_layers covers every layer that would get an adapter")
     peft_config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, use_dora=lora.use_dora,
         target_modules=lora_targets(model, lora.target_modules), task_type="CAUSAL_LM",
         layers_to_transform=layers, layers_pattern="layers" if layers is not None else None,
+        modules_to_save=[f"layers.{i}" for i in full] or None,
     )
     return get_peft_model(model, peft_config)
