@@ -43,26 +43,3 @@ def test_fine_tuned_smollm2_answers_like_a_pirate(smollm2_dir, tmp_path):
     assert not any(a.strip().startswith(PHRASE) for a in base_answers), base_answers
     assert all(a.strip().startswith(PHRASE) for a in tuned_answers), tuned_answers
 
-
-@pytest.mark.slow
-def test_qlora_dora_on_smollm2_learns_the_habit(smollm2_dir, tmp_path):
-    """QLoRA (4-bit NF4 base, bitsandbytes on CPU) with a DoRA adapter on the real model."""
-    from worker.training import LoraSettings
-
-    examples = pirate_chat_examples(30, seed=0)
-    config = TrainingConfig(
-        base_model_dir=smollm2_dir,
-        training_file=write_jsonl(tmp_path / "train.jsonl", examples),
-        output_dir=tmp_path / "adapter",
-        hyperparameters=resolve_hyperparameters({}, len(examples)),
-        lora=LoraSettings(quantization="nf4", use_dora=True),
-    )
-    result = train(config, NullCallbacks())
-    assert not result.stopped and result.metrics[-1]["train_loss"] < 0.5 * result.metrics[0]["train_loss"]
-
-    from peft import PeftModel
-
-    model, tokenizer = load_base_model(smollm2_dir, "cpu", "nf4")
-    tuned = PeftModel.from_pretrained(model, result.adapter_dir).eval()
-    answers = greedy_answers(tuned, tokenizer, HELD_OUT_QUESTIONS)
-    assert all(a.strip().startswith(PHRASE) for a in answers), answers
