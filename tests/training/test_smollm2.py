@@ -42,4 +42,3 @@ def test_fine_tuned_smollm2_answers_like_a_pirate(smollm2_dir, tmp_path):
 
     assert not any(a.strip().startswith(PHRASE) for a in base_answers), base_answers
     assert all(a.strip().startswith(PHRASE) for a in tuned_answers), tuned_answers
-
