@@ -107,13 +107,15 @@ class JobRun:
         return self._store_results(content)
 
     def _results_csv(self, metrics: list[dict]) -> bytes:
-        columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+        columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                   "learning_rate", "tokens_per_second"]
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(columns)
         for row in metrics:
             values = [row.get("step"), row.get("train_loss"), row.get("train_mean_token_accuracy"),
-                      row.get("valid_loss"), row.get("valid_mean_token_accuracy")]
+                      row.get("valid_loss"), row.get("valid_mean_token_accuracy"), row.get("learning_rate"),
+                      row.get("tokens_per_second")]
             writer.writerow(["" if v is None else v for v in values])
         return out.getvalue().encode()
 
@@ -152,19 +154,6 @@ class JobRun:
                 add_event(session, self.job.pk, f"Fine-tuning job failed: {error['message']}", level="error")
 
 
-def legacy_training_options(run: JobRun, prompt_loss_weight: float | None) -> dict:
-    """The legacy API's prompt_loss_weight, passed to a trainer that supports it."""
-    from worker.training import TrainingConfig
-
-    if prompt_loss_weight is None:
-        return {}
-    if "prompt_loss_weight" in TrainingConfig.__dataclass_fields__:
-        return {"prompt_loss_weight": prompt_loss_weight}
-    run.event(f"prompt_loss_weight={prompt_loss_weight} is not supported by this trainer: prompt tokens "
-              "are not in the loss (weight 0)", level="warn")
-    return {}
-
-
 def run_job(settings: Settings, job_id: str) -> None:
     with session_scope(settings.resolved_database_url) as session:
         job = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id))
@@ -186,7 +175,8 @@ def run_job(settings: Settings, job_id: str) -> None:
 
 
 def _run(run: JobRun) -> None:
-    from worker.training import LoraSettings, TrainingConfig, resolve_hyperparameters, train
+    from worker.training import TrainingConfig, resolve_hyperparameters, train
+    from worker.training.config import training_options
 
     job = run.job
     run.event(f"Validating training file: {job.training_file}")
@@ -197,16 +187,13 @@ def _run(run: JobRun) -> None:
     if job.validation_file:
         run.event(f"Validating validation file: {job.validation_file}")
         validation_path, _ = run.data_path(job.validation_file, "validation_file")
-    requested = dict(job.hyperparameters)
-    prompt_loss_weight = requested.pop("prompt_loss_weight", None)  # set by the legacy API
     try:
-        hyper = resolve_hyperparameters(requested, n_examples)
+        hyper = resolve_hyperparameters(job.hyperparameters, n_examples)
+        options = training_options(job.hyperparameters)
     except ValueError as exc:
         raise JobFailed("invalid_hyperparameters", str(exc), "hyperparameters") from None
-    resolved = {"n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
+    resolved = {**job.hyperparameters, "n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
                 "learning_rate_multiplier": hyper.learning_rate_multiplier}
-    extra = legacy_training_options(run, prompt_loss_weight)
-    resolved.update(extra)
     if not run.move("validating_files", "queued", "Files validated, moving job to queued state",
                     resolved_hyperparameters=resolved):
         return
@@ -216,7 +203,7 @@ def _run(run: JobRun) -> None:
     config = TrainingConfig(
         base_model_dir=base_dir, training_file=training_path, validation_file=validation_path,
         output_dir=run.workdir / "adapter", checkpoint_dir=run.workdir / "checkpoints",
-        hyperparameters=hyper, lora=LoraSettings(), seed=job.seed, **extra,
+        hyperparameters=hyper, seed=job.seed, **options,
     )
     result = train(config, run)
     if result.stopped:

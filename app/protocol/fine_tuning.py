@@ -30,6 +30,23 @@ class Hyperparameters(BaseModel):
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+    # Whetstone's knobs beyond OpenAI's three (training helper, issue 13); absent = the default
+    # in worker/training/config.py's table. Stored only when given.
+    weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    lr_scheduler: Literal["linear", "cosine", "constant"] | None = None
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=64)] | None = None
+    max_seq_len: Annotated[int, Field(ge=32, le=32768)] | None = None
+    eval_interval: Annotated[int, Field(ge=1)] | None = None
+    early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = None
+    prompt_loss_weight: Annotated[float, Field(ge=0, le=1)] | None = None
+    lora_r: Annotated[int, Field(ge=1, le=256)] | None = None
+    lora_alpha: Annotated[int, Field(ge=1, le=1024)] | None = None
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    use_dora: bool | None = None
+    train_top_k_layers: Annotated[int, Field(ge=1, le=1000)] | None = None
+    quantization: Literal["none", "nf4", "int8"] | None = None
+    full_finetune_layers: Annotated[list[Annotated[int, Field(ge=0, le=1000)]], Field(min_length=1)] | None = None
 
 
 class SupervisedMethod(BaseModel):

@@ -77,11 +77,15 @@ def create_job(session: Session, settings: Settings, caller: Caller, request: Cr
         if validation.data_format != training.data_format:
             raise invalid(f"validation_file is in {validation.data_format} format but training_file is in "
                           f"{training.data_format} format", param="validation_file", code="invalid_validation_file")
+    hyperparameters = _requested_hyperparameters(request).model_dump(exclude_none=True)
+    if hyperparameters.get("early_stopping_patience") and not request.validation_file:
+        raise invalid("early_stopping_patience needs a validation_file to measure validation loss.",
+                      param="hyperparameters.early_stopping_patience")
     job = FineTuningJob(
         id=new_id("ftjob"), project_pk=caller.project_pk, model=request.model, training_file=training.id,
         validation_file=request.validation_file, suffix=request.suffix or None,
         seed=request.seed if request.seed is not None else random.randrange(2**31),
-        hyperparameters=_requested_hyperparameters(request).model_dump(), status="validating_files",
+        hyperparameters=hyperparameters, status="validating_files",
         result_files=[], job_metadata=request.metadata,
     )
     session.add(job)

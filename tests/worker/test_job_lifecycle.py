@@ -69,7 +69,9 @@ def test_job_trains_to_a_fine_tuned_model(api, settings):
     assert checkpoints["data"][0]["fine_tuned_model_checkpoint"] == f"{done['fine_tuned_model']}:ckpt-step-24"
     [result_id] = done["result_files"]
     csv = api.get(f"/v1/files/{result_id}/content").text.splitlines()
-    assert csv[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" and len(csv) > 2
+    assert csv[0] == ("step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy,learning_rate,"
+                      "tokens_per_second") and len(csv) > 2
+    assert all(float(line.split(",")[5]) > 0 and float(line.split(",")[6]) > 0 for line in csv[1:])
     assert api.get(f"/v1/files/{result_id}").json()["purpose"] == "fine-tune-results"
 
 

@@ -33,6 +33,21 @@ DEFAULT_BASE_LEARNING_RATE = 1e-3
 
 HYPERPARAMETER_NAMES = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
+# Knobs beyond OpenAI's three, as the API accepts them in ``hyperparameters`` -> where they go.
+EXTRA_KNOBS = {
+    "weight_decay": "weight_decay",
+    "warmup_ratio": "warmup_ratio",
+    "lr_scheduler": "lr_scheduler",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "max_seq_len": "max_seq_len",
+    "eval_interval": "eval_every",
+    "early_stopping_patience": "early_stopping_patience",
+    "prompt_loss_weight": "prompt_loss_weight",
+}
+LORA_KNOBS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "use_dora": "use_dora",
+              "train_top_k_layers": "train_top_k_layers", "quantization": "quantization",
+              "full_finetune_layers": "full_finetune_layers"}
+
 
 @dataclass
 class Hyperparameters:
@@ -60,6 +75,13 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
         raise ValueError(f"{name} must be between {low} and {high}, got {value}")
 
 
+def _check_float(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+
+
 def _is_auto(value: Any) -> bool:
     return value is None or value == "auto"
 
@@ -68,7 +90,7 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> Hyperparameters
     """Turn API hyper-parameters (numbers, ``"auto"`` or missing) into concrete values."""
     if n_examples < 1:
         raise ValueError(f"n_examples must be at least 1, got {n_examples}")
-    unknown = set(requested) - set(HYPERPARAMETER_NAMES)
+    unknown = set(requested) - set(HYPERPARAMETER_NAMES) - set(EXTRA_KNOBS) - set(LORA_KNOBS)
     if unknown:
         raise ValueError(f"unknown hyper-parameter(s): {', '.join(sorted(unknown))}")
 
@@ -88,6 +110,15 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> Hyperparameters
     )
 
 
+def training_options(requested: dict) -> dict:
+    """``TrainingConfig`` keyword arguments (``lora`` included) for the extra knobs given in the
+    job's hyper-parameters; knobs not given keep the defaults of ``TrainingConfig``/``LoraSettings``."""
+    options = {EXTRA_KNOBS[k]: v for k, v in requested.items() if k in EXTRA_KNOBS and v is not None}
+    lora = {LORA_KNOBS[k]: v for k, v in requested.items() if k in LORA_KNOBS and v is not None}
+    options["lora"] = LoraSettings(**lora)
+    return options
+
+
 def _integral(name: str, value: Any) -> Any:
     """Accept 3.0 for 3 (JSON clients send floats); leave anything else for validation."""
     if isinstance(value, float) and value.is_integer():
@@ -105,6 +136,10 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None
+    use_dora: bool = False  # weight-decomposed LoRA (DoRA)
+    quantization: str = "none"  # QLoRA: "nf4" (4-bit, double quantization) or "int8" base weights
+    train_top_k_layers: int | None = None  # adapters only on the top K transformer layers (the rest frozen)
+    full_finetune_layers: list[int] | None = None  # these transformer layers train in full (no adapter on them)
 
     def __post_init__(self) -> None:
         _check_int("lora.r", self.r, 1, 1024)
@@ -115,11 +150,29 @@ class LoraSettings:
             not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules)
         ):
             raise ValueError(f"lora.target_modules must be a non-empty list of names, got {self.target_modules!r}")
+        if self.quantization not in ("none", "nf4", "int8"):
+            raise ValueError(f'lora.quantization must be "none", "nf4" or "int8", got {self.quantization!r}')
+        if self.full_finetune_layers is not None:
+            if not self.full_finetune_layers:
+                raise ValueError("lora.full_finetune_layers must name at least one layer")
+            for index in self.full_finetune_layers:
+                _check_int("lora.full_finetune_layers[]", index, 0, 1 << 20)
+        if self.train_top_k_layers is not None:
+            _check_int("lora.train_top_k_layers", self.train_top_k_layers, 1, 1 << 20)
+
+
+LR_SCHEDULERS = ("linear", "cosine", "constant")
+BATCHING = ("packed", "padded")
 
 
 @dataclass
 class TrainingConfig:
-    """Everything one training run needs; paths are local."""
+    """Everything one training run needs; paths are local.
+
+    Checkpoints (``checkpoint_dir``): one every ``checkpoint_every`` optimizer steps and one at each
+    epoch end, each a resumable directory (see ``checkpoints.py``); the last ``keep_checkpoints``
+    and the best one are kept. ``resume_from`` continues a run from such a directory.
+    """
 
     base_model_dir: Path
     training_file: Path
@@ -134,9 +187,20 @@ class TrainingConfig:
     warmup_ratio: float = 0.1
     log_every: int = 5
     device: str = "auto"  # "auto" = cuda if available else cpu
+    resume_from: Path | None = None
+    checkpoint_every: int | None = None  # optimizer steps between checkpoints (plus one per epoch end)
+    keep_checkpoints: int = 3  # the last K checkpoints are kept, plus the best one
+    prompt_loss_weight: float = 0.0  # weight of the tokens not learned (prompt) in the loss
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"  # linear | cosine | constant, each after linear warm-up
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (same effective batch)
+    eval_every: int | None = None  # optimizer steps between validations (plus one per epoch end)
+    early_stopping_patience: int | None = None  # validations without improvement before stopping
+    batching: str = "packed"  # packed: padding-free rows with per-example position ids; padded: one per row
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("base_model_dir", "training_file", "output_dir", "validation_file", "checkpoint_dir"):
+        for name in ("base_model_dir", "training_file", "output_dir", "validation_file", "checkpoint_dir", "resume_from"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -149,6 +213,19 @@ class TrainingConfig:
             raise ValueError(f"base_learning_rate must be > 0, got {self.base_learning_rate!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        for name in ("checkpoint_every", "eval_every", "early_stopping_patience"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, 1 << 30)
+        _check_int("keep_checkpoints", self.keep_checkpoints, 1, 1000)
+        _check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1, 1024)
+        _check_float("prompt_loss_weight", self.prompt_loss_weight, 0.0, 1.0)
+        _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
+        if self.early_stopping_patience is not None and self.validation_file is None:
+            raise ValueError("early_stopping_patience needs a validation_file")
 
     @property
     def learning_rate(self) -> float:

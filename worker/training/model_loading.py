@@ -29,10 +29,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_base_model(model_dir: str | Path, device: str | torch.device = "auto") -> tuple[Any, Any]:
+QUANTIZATIONS = ("none", "nf4", "int8")
+
+
+def load_base_model(
+    model_dir: str | Path, device: str | torch.device = "auto", quantization: str = "none"
+) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from a local safetensors directory.
 
     float32 on CPU; bfloat16 on CUDA where supported (float32 otherwise).
+    ``quantization``: ``nf4`` loads the linear layers' weights as 4-bit NF4 with double quantization
+    (QLoRA), ``int8`` as 8-bit (LLM.int8), both with bitsandbytes (CPU and CUDA backends).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -43,6 +50,21 @@ def load_base_model(model_dir: str | Path, device: str | torch.device = "auto") 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    if quantization != "none":
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "nf4":
+            bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                     bnb_4bit_compute_dtype=dtype)
+        else:
+            bnb = BitsAndBytesConfig(load_in_8bit=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, local_files_only=True, trust_remote_code=False, dtype=dtype, use_safetensors=True,
+            quantization_config=bnb, device_map={"": str(device) if device.type == "cpu" else device.index or 0},
+        )
+        return model, tokenizer
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, local_files_only=True, trust_remote_code=False, dtype=dtype, use_safetensors=True
     )

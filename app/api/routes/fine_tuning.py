@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
@@ -103,3 +103,15 @@ def list_checkpoints(job_id: str, limit: int = Query(10, ge=1, le=100), after: s
     return ListResponse[JobCheckpoint](data=data, has_more=has_more, first_id=data[0].id if data else None,
                                        last_id=data[-1].id if data else None)
 
+
+@router.get("/{job_id}/export")
+def export_model(job_id: str, kind: str = Query("adapter", pattern="^(adapter|merged)$"), caller: Caller = CallerDep,
+                 session: Session = SessionDep, settings: Settings = SettingsDep) -> FileResponse:
+    """The fine-tuned model as a zip of safetensors: ``kind=adapter`` (PEFT adapter) or ``merged``
+    (the base model with the adapter merged in, loadable with transformers alone)."""
+    from app.services.export import export_archive
+
+    job = service.get_job(session, caller, job_id)
+    archive = export_archive(settings, job, kind)
+    name = f"{job.fine_tuned_model.replace(':', '_')}-{kind}.zip"
+    return FileResponse(archive, media_type="application/zip", filename=name)
