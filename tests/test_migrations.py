@@ -17,7 +17,8 @@ from app.core.config import Settings
 from app.models import Base
 from tests.conftest import POSTGRES_ADMIN, REPO
 
-TABLES = {"projects", "api_keys", "files", "fine_tuning_jobs", "job_events", "checkpoints", "fine_tuned_models"}
+TABLES = {"projects", "api_keys", "files", "fine_tuning_jobs", "job_events", "checkpoints", "fine_tuned_models",
+          "idempotency_keys"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -25,6 +25,22 @@ class Settings(BaseSettings):
     max_tokens_default: int = 256
     # Seconds between DB polls for SSE followers.
     events_poll_interval: float = 0.5
+    # Job orchestration (app/services/job_state.py, worker/reaper.py). A running job's worker renews
+    # its lease every lease_seconds/3; a lease left to expire hands the job to another worker.
+    lease_seconds: float = 30.0
+    reap_interval: float = 5.0
+    # Runs lost to a dead worker before the job fails with error.code "max_attempts_exceeded".
+    max_attempts: int = 3
+    # A waiting job whose last broker message is older than this gets a new one (lost messages).
+    requeue_after: float = 300.0
+    # Jobs of one project running at once (0: no limit); the others wait in `queued`.
+    max_running_jobs_per_project: int = 4
+    # Optimizer steps between resumable checkpoints (besides one per epoch); 0: epoch ends only.
+    checkpoint_every: int = 0
+    # Redis broker: seconds before an unacknowledged message is handed to another worker.
+    broker_visibility_timeout: float = 3600.0
+    # Seconds to wait for the broker when the API sends a job id.
+    broker_send_timeout: float = 5.0
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
@@ -15,9 +17,10 @@ from app.core.errors import APIError
 from app.protocol.common import ListResponse
 from app.protocol.fine_tuning import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
 from app.services import events as event_service
+from app.services import idempotency
 from app.services import jobs as service
 from app.services.event_stream import follow_job_events
-from app.services.queue import enqueue_training
+from app.services.queue import send_job
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 log = logging.getLogger("whetstone.jobs")
@@ -25,19 +28,29 @@ log = logging.getLogger("whetstone.jobs")
 
 @router.post("", response_model=FineTuningJob)
 def create_job(body: CreateJobRequest, request: Request, caller: Caller = CallerDep,
-               settings: Settings = SettingsDep) -> FineTuningJob:
+               settings: Settings = SettingsDep,
+               idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> FineTuningJob:
     url = settings.resolved_database_url
-    with session_scope(url) as session:
-        job = service.create_job(session, settings, caller, body)
-    # Only after the commit: a worker that picks the id up must find the row.
+    key = idempotency.check_key(idempotency_key)
+    body_hash = idempotency.digest([json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()])
     try:
-        enqueue_training(settings, job.id)
-    except Exception as exc:  # broker down: the job cannot run, say so rather than leave it hanging
-        log.exception("enqueue failed for %s", job.id)
         with session_scope(url) as session:
-            service.mark_enqueue_failed(session, service.get_job(session, caller, job.id), str(exc))
-        raise APIError(503, "The job queue is unavailable; the job was not started. Please retry.",
-                       type="server_error", code="queue_unavailable") from None
+            existing = key and idempotency.lookup(session, caller, "fine_tuning.job", key, body_hash)
+            if existing:
+                return service.to_wire(service.get_job(session, caller, existing))
+            job = service.create_job(session, settings, caller, body)
+            service.queued_event(session, job)
+            if key:
+                idempotency.remember(session, caller, "fine_tuning.job", key, body_hash, job.id)
+    except IntegrityError:  # the same key, committed by a concurrent retry a moment ago
+        with session_scope(url) as session:
+            existing = key and idempotency.lookup(session, caller, "fine_tuning.job", key, body_hash)
+            if not existing:
+                raise
+            return service.to_wire(service.get_job(session, caller, existing))
+    # Only after the commit: a worker that picks the id up must find the row. With the broker down
+    # the job stays stored and waiting; the workers' reaper sends it once the broker is back.
+    send_job(settings, job.id)
     with session_scope(url) as session:
         return service.to_wire(service.get_job(session, caller, job.id))
 
@@ -57,6 +70,20 @@ def retrieve_job(job_id: str, caller: Caller = CallerDep, session: Session = Ses
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
 def cancel_job(job_id: str, caller: Caller = CallerDep, session: Session = SessionDep) -> FineTuningJob:
     return service.to_wire(service.cancel_job(session, caller, job_id))
+
+
+@router.post("/{job_id}/pause", response_model=FineTuningJob)
+def pause_job(job_id: str, caller: Caller = CallerDep, session: Session = SessionDep) -> FineTuningJob:
+    return service.to_wire(service.pause_job(session, caller, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=FineTuningJob)
+def resume_job(job_id: str, caller: Caller = CallerDep, settings: Settings = SettingsDep) -> FineTuningJob:
+    with session_scope(settings.resolved_database_url) as session:
+        job = service.resume_job(session, caller, job_id)
+    send_job(settings, job.id)
+    with session_scope(settings.resolved_database_url) as session:
+        return service.to_wire(service.get_job(session, caller, job_id))
 
 
 @router.get("/{job_id}/events", response_model=ListResponse[JobEvent])
