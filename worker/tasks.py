@@ -329,7 +329,8 @@ def _run(run: JobRun) -> None:
                 session.execute(update(FineTuningJob).where(FineTuningJob.pk == job.pk)
                                 .values(enqueued_at=time.time()))
             return
-        resume = run.last_checkpoint()
+        fields = getattr(TrainingConfig, "__dataclass_fields__", {})
+        resume = run.last_checkpoint() if "resume_from" in fields else None
         if resume:
             add_event(session, job.pk, f"Fine-tuning job resumed from the checkpoint at step {resume[0]}",
                       data={"step": resume[0]})
@@ -337,8 +338,7 @@ def _run(run: JobRun) -> None:
             add_event(session, job.pk, "Fine-tuning job started")
     base_dir = ensure_base_model(settings, job.model)
     options: dict[str, Any] = {}
-    fields = getattr(TrainingConfig, "__dataclass_fields__", {})
-    if "resume_from" in fields and resume:
+    if resume:
         options["resume_from"] = resume[1]
     if "checkpoint_every" in fields and settings.checkpoint_every:
         options["checkpoint_every"] = settings.checkpoint_every
