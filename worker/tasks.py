@@ -242,7 +242,7 @@ def run_job(settings: Settings, job_id: str, node: str = "worker") -> None:
         org = job.project.name
         claimed = state.claim(session, job.pk, owner, settings.lease_seconds)
     if not claimed:
-        log.info("job %s is %s or held by another worker; nothing to do (redelivered message)", job_id, job.status)
+        log.warning("job %s is %s or held by another worker; nothing to do (redelivered message)", job_id, job.status)
         return
     with session_scope(settings.resolved_database_url) as session:  # fresh: the status as claimed
         job = session.scalar(select(FineTuningJob).where(FineTuningJob.pk == job.pk))
