@@ -26,6 +26,7 @@ from app.core.db import session_scope
 from app.core.ids import now
 from app.models import Checkpoint, FineTuningJob
 from app.services import job_state as state
+from app.services.event_bus import configure_publisher
 from app.services.events import add_event
 from app.services.queue import enqueue_training
 
@@ -104,6 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s reaper %(levelname)s %(message)s")
     settings = get_settings()
+    configure_publisher(settings)
     while not args.parent or os.getppid() == args.parent:
         try:
             reap_once(settings)

@@ -26,6 +26,7 @@ from app.core.ids import new_id, now, random_token
 from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
 from app.services import job_state as state
 from app.services.base_models import ensure_base_model
+from app.services.event_bus import configure_publisher
 from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name
 from app.services.queue import send_job
@@ -234,6 +235,7 @@ class JobRun:
 def run_job(settings: Settings, job_id: str, node: str = "worker") -> None:
     """Claim the job and run it; a message for a job someone else holds, or that is done, is a no-op."""
     owner = f"{node}/{random_token(12)}"
+    configure_publisher(settings)
     with session_scope(settings.resolved_database_url) as session:
         job = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id))
         if job is None:
@@ -322,6 +324,7 @@ def _run(run: JobRun) -> None:
         if not started:
             status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.pk == job.pk))
             if status == "queued":
+                state.hold(session, job.pk, run.owner)
                 position = state.queue_position(session, job.pk)
                 add_event(session, job.pk, f"Waiting for a slot: the project already runs "
                           f"{settings.max_running_jobs_per_project} job(s); queue position {position}",

@@ -23,8 +23,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1 << 30
     # Inference
     max_tokens_default: int = 256
-    # Seconds between DB polls for SSE followers.
+    # Seconds between DB polls for SSE followers when no Redis pushes events (embedded).
     events_poll_interval: float = 0.5
+    # Redis for live event push (empty: the broker's, when it is Redis); SSE keep-alive comment period.
+    events_redis_url: str = ""
+    events_heartbeat: float = 15.0
     # Job orchestration (app/services/job_state.py, worker/reaper.py). A running job's worker renews
     # its lease every lease_seconds/3; a lease left to expire hands the job to another worker.
     lease_seconds: float = 30.0

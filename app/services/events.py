@@ -10,12 +10,14 @@ from sqlalchemy.orm import Session
 from app.core.ids import new_id
 from app.models import JobEvent
 from app.protocol.fine_tuning import JobEvent as JobEventWire
+from app.services.event_bus import note_event
 
 
 def add_event(session: Session, job_pk: int, message: str, *, level: str = "info", type: str = "message",
               data: dict[str, Any] | None = None) -> JobEvent:
     row = JobEvent(id=new_id("ftevent"), job_pk=job_pk, message=message, level=level, type=type, data=data)
     session.add(row)
+    note_event(session, job_pk)
     return row
 
 

@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from app.core.config import Settings
 from app.services.queue import enqueue_training
-from tests.conftest import POSTGRES_ADMIN, REDIS_URL, TINY
+from tests.conftest import REDIS_URL, TINY
 from tests.data import chat_jsonl
 from tests.e2e.server import free_port, process
 
@@ -27,24 +26,12 @@ LEASE = "2"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, base_models_dir: Path) -> Iterator[Settings]:
+def settings(tmp_path: Path, base_models_dir: Path, fresh_postgres_url: str) -> Settings:
     """A database and a queue of this test's own: its workers' reapers see only its jobs."""
-    name = f"whetstone_proc_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    from app.cli import migrate_database
-
-    s = Settings(data_dir=tmp_path / "data", database_url=url, broker_url=REDIS_URL,
+    s = Settings(data_dir=tmp_path / "data", database_url=fresh_postgres_url, broker_url=REDIS_URL,
                  queue=f"whetstone-proc-{uuid.uuid4().hex[:8]}", base_models_dir=base_models_dir)
-    migrate_database(s)
     s.ensure_dirs()
-    yield s
-    from app.core.db import engine_for
-
-    engine_for(url).dispose()
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return s
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
