@@ -4,14 +4,17 @@ something new" so SSE followers read it at once instead of at their next poll.
 Publishing happens after the commit (a follower woken earlier would not see the row yet). A job's
 events are inserted while its row is locked (app/services/job_state.hold / transition), so for one
 job the event pk order is the commit order and a follower reading `pk > last seen` never skips one.
-Without Redis (embedded broker) nothing is published and followers poll.
+Each message carries the event and the pk of the job's previous event: a follower that has sent
+exactly that one sends the new event straight away, with no query; any other follower (a gap, a
+lost message, a reconnect) reads the database. Without Redis (embedded broker) followers poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import redis
 import redis.asyncio as aioredis
@@ -38,20 +41,31 @@ def configure_publisher(settings: Settings) -> None:
         _publisher.append(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1))
 
 
-def note_event(session: Session, job_pk: int) -> None:
-    """Called by add_event: publish for this job once the session commits."""
-    session.info.setdefault("event_jobs", set()).add(job_pk)
+def note_event(session: Session, row: object, prev_pk: int | None) -> None:
+    """Called by add_event: publish the row once the session commits, with the pk of the job's
+    event before it, so a follower that has seen exactly that one can send it without a query."""
+    session.info.setdefault("events", []).append((row, prev_pk))
+
+
+def note_finished(session: Session, job_pk: int) -> None:
+    """Called when a job reaches a final status: its followers check the database once and end."""
+    session.info.setdefault("finished_jobs", set()).add(job_pk)
 
 
 @event.listens_for(Session, "after_commit")
 def _publish(session: Session) -> None:
-    jobs = session.info.pop("event_jobs", None)
-    if not jobs or not _publisher:
+    rows = session.info.pop("events", None)
+    finished = session.info.pop("finished_jobs", set())
+    if not rows or not _publisher:
         return
+    from app.services.events import to_wire
+
     try:
         pipe = _publisher[0].pipeline(transaction=False)
-        for job_pk in jobs:
-            pipe.publish(f"{CHANNEL}{job_pk}", "1")
+        for row, prev in rows:
+            message = {"pk": row.pk, "prev": prev, "final": row.job_pk in finished,
+                       "event": to_wire(row).model_dump_json()}
+            pipe.publish(f"{CHANNEL}{row.job_pk}", json.dumps(message))
         pipe.execute()
     except redis.RedisError as exc:  # followers fall back to polling; the events are stored
         log.warning("could not publish events: %s", exc)
@@ -59,7 +73,22 @@ def _publish(session: Session) -> None:
 
 @event.listens_for(Session, "after_rollback")
 def _forget(session: Session) -> None:
-    session.info.pop("event_jobs", None)
+    session.info.pop("events", None)
+    session.info.pop("finished_jobs", None)
+
+
+class Inbox:
+    """What the listener received for one follower since it last looked."""
+
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.items: deque[dict] = deque(maxlen=1000)
+
+    def take(self) -> list[dict]:
+        self.ready.clear()
+        items = list(self.items)
+        self.items.clear()
+        return items
 
 
 class Listener:
@@ -67,7 +96,7 @@ class Listener:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self.waiters: dict[int, set[Inbox]] = defaultdict(set)
         self.healthy = False
         self._task: asyncio.Task | None = None
         self.loop = asyncio.get_running_loop()
@@ -86,7 +115,7 @@ class Listener:
                     self._wake_all()  # anything published while we were away
                     async for message in pubsub.listen():
                         if message["type"] == "pmessage":
-                            self._wake(int(message["channel"].rsplit(b":", 1)[1]))
+                            self._deliver(int(message["channel"].rsplit(b":", 1)[1]), json.loads(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis restarting: followers poll meanwhile
@@ -96,22 +125,23 @@ class Listener:
                 await client.aclose()
             await asyncio.sleep(1)
 
-    def _wake(self, job_pk: int) -> None:
-        for waiter in self.waiters.get(job_pk, ()):
-            waiter.set()
+    def _deliver(self, job_pk: int, item: dict) -> None:
+        for inbox in self.waiters.get(job_pk, ()):
+            inbox.items.append(item)
+            inbox.ready.set()
 
     def _wake_all(self) -> None:
-        for waiters in self.waiters.values():
-            for waiter in waiters:
-                waiter.set()
+        for inboxes in self.waiters.values():
+            for inbox in inboxes:
+                inbox.items.append({"pk": None})  # "look at the database"
+                inbox.ready.set()
 
-    def subscribe(self, job_pk: int) -> asyncio.Event:
-        """An event set whenever the job has something new; the follower clears it before each read."""
-        waiter = asyncio.Event()
+    def subscribe(self, job_pk: int) -> Inbox:
+        waiter = Inbox()
         self.waiters[job_pk].add(waiter)
         return waiter
 
-    def unsubscribe(self, job_pk: int, waiter: asyncio.Event) -> None:
+    def unsubscribe(self, job_pk: int, waiter: Inbox) -> None:
         self.waiters[job_pk].discard(waiter)
         if not self.waiters[job_pk]:
             del self.waiters[job_pk]

@@ -44,22 +44,41 @@ def sse(data: str, event_id: int | None = None) -> str:
 async def follow_job_events(settings: Settings, job_pk: int, since: int,
                             is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
     listener = listener_for(settings)
-    waiter = listener.subscribe(job_pk) if listener else None
+    inbox = listener.subscribe(job_pk) if listener else None
     last_sent = time.monotonic()
+    read_db = True
     try:
         while True:
-            if waiter is not None:
-                waiter.clear()  # anything committed from here on wakes us again
-            rows, finished = await run_in_threadpool(_poll, settings, job_pk, since)
-            for pk, payload in rows:
-                since = pk
-                yield sse(payload, pk)
-            if len(rows) == BATCH:
-                continue
-            if finished:
-                yield sse("[DONE]")
-                return
-            if rows:
+            sent = False
+            if read_db:
+                if inbox is not None:
+                    inbox.take()  # the query below covers all of it; anything later arrives anew
+                rows, finished = await run_in_threadpool(_poll, settings, job_pk, since)
+                for pk, payload in rows:
+                    since = pk
+                    yield sse(payload, pk)
+                if len(rows) == BATCH:
+                    continue
+                if finished:
+                    yield sse("[DONE]")
+                    return
+                sent, read_db = bool(rows), False
+            else:  # pushed events that follow on from what this client has: no query needed
+                for item in inbox.take():
+                    if item["pk"] is not None and item["pk"] <= since:
+                        continue
+                    if item["pk"] is None or item["prev"] != since:
+                        read_db = True  # a gap (missed message, other writer): the database has it all
+                        break
+                    since = item["pk"]
+                    yield sse(item["event"], since)
+                    sent = True
+                    if item["final"]:
+                        read_db = True  # the job has finished: the database confirms and we end
+                        break
+                if read_db:
+                    continue
+            if sent:
                 last_sent = time.monotonic()
             if await is_disconnected():
                 return
@@ -68,13 +87,14 @@ async def follow_job_events(settings: Settings, job_pk: int, since: int,
                 yield ": keep-alive\n\n"
                 last_sent, quiet = time.monotonic(), 0.0
             timeout = settings.events_heartbeat - quiet
-            if waiter is not None and listener.healthy:
+            if inbox is not None and listener.healthy:
                 try:
-                    await asyncio.wait_for(waiter.wait(), min(timeout, SAFETY_POLL))
+                    await asyncio.wait_for(inbox.ready.wait(), min(timeout, SAFETY_POLL))
                 except asyncio.TimeoutError:
-                    pass
+                    read_db = True  # nothing pushed for a while: look anyway
             else:
                 await asyncio.sleep(min(timeout, settings.events_poll_interval))
+                read_db = True
     finally:
-        if waiter is not None:
-            listener.unsubscribe(job_pk, waiter)
+        if inbox is not None:
+            listener.unsubscribe(job_pk, inbox)

@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import FineTuningJob, Project
+from app.services.event_bus import note_finished
 
 STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -59,7 +60,10 @@ def transition(session: Session, job_pk: int, new: str, *, expected: Iterable[st
                                        *where)
     if owner is not None:
         stmt = stmt.where(FineTuningJob.lease_owner == owner)
-    return session.execute(stmt.values(status=new, **values)).rowcount == 1
+    moved = session.execute(stmt.values(status=new, **values)).rowcount == 1
+    if moved and new in TERMINAL:
+        note_finished(session, job_pk)
+    return moved
 
 
 def _free() -> ColumnElement[bool]:
