@@ -90,7 +90,9 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
     """
     weights = batch["weights"]
     keep = (weights > 0).any(dim=0).nonzero().squeeze(1)
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep).logits
+    # use_cache=False matters: with a cache transformers ignores packed position ids in the mask.
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep,
+                   use_cache=False).logits
     weights, targets, learned = weights[:, keep], batch["targets"][:, keep], batch["learned"][:, keep]
     mask = weights > 0
     logits, targets, weights, learned = logits.float()[mask], targets[mask], weights[mask], learned[mask]
