@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from worker.training import IGNORE_INDEX, collate, detect_format, read_jsonl, tokenize_example
+from worker.training import IGNORE_INDEX, detect_format, read_jsonl, tokenize_example
 
 CHAT = {
     "messages": [
@@ -32,7 +32,7 @@ def learned_spans(tokenizer, input_ids, labels):
 
 
 def test_chat_learns_only_assistant_content_and_end_of_turn(tokenizer):
-    ids, labels, truncated = tokenize_example(tokenizer, CHAT, 1024)
+    ids, labels, truncated, _ = tokenize_example(tokenizer, CHAT, 1024)
     eot = tokenizer.eos_token  # SmolLM2 closes every turn with <|im_end|>
     assert learned_spans(tokenizer, ids, labels) == [f"Ahoy matey! First answer.{eot}", f"Ahoy matey! Second answer.{eot}"]
     assert truncated == 0
@@ -46,24 +46,25 @@ def test_chat_learns_only_assistant_content_and_end_of_turn(tokenizer):
 def test_assistant_message_with_weight_zero_is_not_learned(tokenizer):
     example = json.loads(json.dumps(CHAT))
     example["messages"][2]["weight"] = 0
-    ids, labels, _ = tokenize_example(tokenizer, example, 1024)
+    ids, labels, _, _ = tokenize_example(tokenizer, example, 1024)
     assert learned_spans(tokenizer, ids, labels) == [f"Ahoy matey! Second answer.{tokenizer.eos_token}"]
     assert "First answer" in tokenizer.decode(ids)  # still there as context
 
 
 def test_completion_format_learns_completion_and_eos(tokenizer):
     example = {"prompt": "Translate to French: cheese =>", "completion": " fromage"}
-    ids, labels, _ = tokenize_example(tokenizer, example, 1024)
+    ids, labels, _, _ = tokenize_example(tokenizer, example, 1024)
     assert tokenizer.decode(ids) == f"Translate to French: cheese => fromage{tokenizer.eos_token}"
     assert learned_spans(tokenizer, ids, labels) == [f" fromage{tokenizer.eos_token}"]
 
 
 def test_long_example_is_truncated_and_reported(tokenizer):
-    full_ids, _, _ = tokenize_example(tokenizer, CHAT, 1024)
-    ids, labels, truncated = tokenize_example(tokenizer, CHAT, 20)
+    full_ids, _, _, _ = tokenize_example(tokenizer, CHAT, 1024)
+    ids, labels, truncated, cut = tokenize_example(tokenizer, CHAT, 20)
     assert len(ids) == len(labels) == 20
     assert ids == full_ids[:20]
     assert truncated == len(full_ids) - 20
+    assert cut  # the answers lay beyond the first 20 tokens
 
 
 def test_detect_format():
@@ -80,10 +81,3 @@ def test_read_jsonl_reports_bad_line(tmp_path):
         read_jsonl(path)
     path.write_text('{"prompt": "a", "completion": "b"}\n\n')
     assert read_jsonl(path) == [{"prompt": "a", "completion": "b"}]
-
-
-def test_collate_pads_right_and_masks_padding():
-    batch = collate([([5, 6, 7], [IGNORE_INDEX, 6, 7]), ([8], [8])], pad_token_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]

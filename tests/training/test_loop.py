@@ -20,11 +20,21 @@ METRIC_KEYS = {"step", "total_steps", "train_loss", "train_mean_token_accuracy",
 
 
 class Recorder(NullCallbacks):
-    def __init__(self, stop_after_polls: int | None = None) -> None:
+    def __init__(self, stop_after_polls: int | None = None, pause_after_polls: int | None = None) -> None:
         self.events: list[dict] = []
         self.checkpoints: list[tuple[int, Path, dict]] = []
+        self.removed: list[tuple[int, Path]] = []
         self.polls = 0
+        self.pause_polls = 0
         self.stop_after_polls = stop_after_polls
+        self.pause_after_polls = pause_after_polls
+
+    def should_pause(self):
+        self.pause_polls += 1
+        return self.pause_after_polls is not None and self.pause_polls > self.pause_after_polls
+
+    def on_checkpoint_removed(self, step, path):
+        self.removed.append((step, path))
 
     def on_event(self, message, *, type="message", level="info", data=None):
         self.events.append({"message": message, "type": type, "level": level, "data": data})
@@ -107,13 +117,21 @@ def test_metrics_events_and_rows(tiny_run, tokenizer):
     assert any(e["message"] == f"Tokenized 8 training examples ({n_tokens} tokens)" for e in recorder.events)
 
 
-def test_checkpoint_after_each_epoch(tiny_run):
+def test_checkpoint_after_each_epoch_keeps_last_three_and_best(tiny_run):
     config, recorder, _ = tiny_run
     assert [step for step, _, _ in recorder.checkpoints] == [4, 8, 12, 16, 20]
     for step, path, metrics in recorder.checkpoints:
         assert path == config.checkpoint_dir / f"step-{step}"
-        assert (path / "adapter_model.safetensors").is_file()
         assert metrics["step"] == step and metrics["valid_loss"] is not None
+    best = min(recorder.checkpoints, key=lambda c: c[2]["valid_loss"])[0]
+    kept = sorted({12, 16, 20, best})
+    assert sorted(int(p.name[5:]) for p in config.checkpoint_dir.iterdir()) == kept
+    assert sorted(step for step, _ in recorder.removed) == sorted({4, 8} - {best})
+    for step in kept:
+        path = config.checkpoint_dir / f"step-{step}"
+        assert {"adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in path.iterdir()}
+        assert {"optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"} <= {
+            p.name for p in (path / "training_state").iterdir()}
 
 
 def test_should_stop_ends_training_without_final_adapter(tiny_model_dir, tmp_path):
@@ -144,7 +162,11 @@ def test_truncation_is_reported(tiny_model_dir, tmp_path, tokenizer):
     recorder = Recorder()
     result = train(config, recorder)
     warnings = [e for e in recorder.events if e["level"] == "warn"]
+    cut = sum(tokenize_example(tokenizer, e, max_len).cut_answer for e in read_jsonl(config.training_file))
+    assert 0 < cut < 8  # the shortest example lost only the newline after its end-of-turn token
     assert [e["message"] for e in warnings] == [
-        f"8 training example(s) were longer than {max_len} tokens and were truncated"
+        f"8 training example(s) were longer than {max_len} tokens and were truncated to their first {max_len} "
+        f"tokens ({cut} cut inside a learned answer)"
     ]
+    assert warnings[0]["data"] == {"truncated_examples": 8, "max_seq_len": max_len, "cut_answers": cut}
     assert result.trained_tokens == 8 * max_len

@@ -10,7 +10,8 @@ from .config import (
     TrainingConfig,
     resolve_hyperparameters,
 )
-from .data import IGNORE_INDEX, TokenizedExample, collate, detect_format, read_jsonl, tokenize_example
+from .batching import batch_loss, make_batch, pack_rows
+from .data import IGNORE_INDEX, TokenizedExample, detect_format, read_jsonl, tokenize_example
 from .loop import NullCallbacks, TrainingCallbacks, TrainingResult, train
 from .model_loading import build_tiny_llama, import_gguf, load_base_model, smollm2_gguf_path
 
@@ -25,7 +26,9 @@ __all__ = [
     "TrainingConfig",
     "TrainingResult",
     "build_tiny_llama",
-    "collate",
+    "batch_loss",
+    "make_batch",
+    "pack_rows",
     "detect_format",
     "import_gguf",
     "load_base_model",

@@ -60,6 +60,13 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
         raise ValueError(f"{name} must be between {low} and {high}, got {value}")
 
 
+def _check_float(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+
+
 def _is_auto(value: Any) -> bool:
     return value is None or value == "auto"
 
@@ -117,9 +124,18 @@ class LoraSettings:
             raise ValueError(f"lora.target_modules must be a non-empty list of names, got {self.target_modules!r}")
 
 
+LR_SCHEDULERS = ("linear", "cosine", "constant")
+BATCHING = ("packed", "padded")
+
+
 @dataclass
 class TrainingConfig:
-    """Everything one training run needs; paths are local."""
+    """Everything one training run needs; paths are local.
+
+    Checkpoints (``checkpoint_dir``): one every ``checkpoint_every`` optimizer steps and one at each
+    epoch end, each a resumable directory (see ``checkpoints.py``); the last ``keep_checkpoints``
+    and the best one are kept. ``resume_from`` continues a run from such a directory.
+    """
 
     base_model_dir: Path
     training_file: Path
@@ -134,9 +150,20 @@ class TrainingConfig:
     warmup_ratio: float = 0.1
     log_every: int = 5
     device: str = "auto"  # "auto" = cuda if available else cpu
+    resume_from: Path | None = None
+    checkpoint_every: int | None = None  # optimizer steps between checkpoints (plus one per epoch end)
+    keep_checkpoints: int = 3  # the last K checkpoints are kept, plus the best one
+    prompt_loss_weight: float = 0.0  # weight of the tokens not learned (prompt) in the loss
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"  # linear | cosine | constant, each after linear warm-up
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (same effective batch)
+    eval_every: int | None = None  # optimizer steps between validations (plus one per epoch end)
+    early_stopping_patience: int | None = None  # validations without improvement before stopping
+    batching: str = "packed"  # packed: padding-free rows with per-example position ids; padded: one per row
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("base_model_dir", "training_file", "output_dir", "validation_file", "checkpoint_dir"):
+        for name in ("base_model_dir", "training_file", "output_dir", "validation_file", "checkpoint_dir", "resume_from"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -149,6 +176,19 @@ class TrainingConfig:
             raise ValueError(f"base_learning_rate must be > 0, got {self.base_learning_rate!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        for name in ("checkpoint_every", "eval_every", "early_stopping_patience"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, 1 << 30)
+        _check_int("keep_checkpoints", self.keep_checkpoints, 1, 1000)
+        _check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1, 1024)
+        _check_float("prompt_loss_weight", self.prompt_loss_weight, 0.0, 1.0)
+        _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
+        if self.early_stopping_patience is not None and self.validation_file is None:
+            raise ValueError("early_stopping_patience needs a validation_file")
 
     @property
     def learning_rate(self) -> float:

@@ -1,4 +1,4 @@
-"""Training data: read JSONL, tokenize with loss masks, pad batches.
+"""Training data: read JSONL, tokenize with loss masks (batches: ``batching.py``).
 
 Two formats are accepted (one per line):
 
@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
-
-import torch
 
 from .validation import example_format
 
@@ -52,10 +50,15 @@ class TokenizedExample(NamedTuple):
     input_ids: list[int]
     labels: list[int]
     truncated_tokens: int  # tokens dropped to fit max_seq_len (0 = not truncated)
+    cut_answer: bool = False  # the cut fell inside (or before) a learned answer: learned tokens were dropped
 
 
 def tokenize_example(tokenizer: Any, example: dict, max_seq_len: int) -> TokenizedExample:
-    """Token ids and labels for one example, truncated from the right to ``max_seq_len``."""
+    """Token ids and labels for one example, truncated from the right to ``max_seq_len``.
+
+    Over-long rule: the first ``max_seq_len`` tokens are kept (the conversation's start, which the
+    later turns depend on); ``cut_answer`` says whether learned tokens were among those dropped.
+    """
     if detect_format(example) == "chat":
         segments = _chat_segments(tokenizer, example["messages"])
     else:
@@ -67,7 +70,8 @@ def tokenize_example(tokenizer: Any, example: dict, max_seq_len: int) -> Tokeniz
         input_ids += ids
         labels += ids if learn else [IGNORE_INDEX] * len(ids)
     dropped = max(0, len(input_ids) - max_seq_len)
-    return TokenizedExample(input_ids[:max_seq_len], labels[:max_seq_len], dropped)
+    cut = any(label != IGNORE_INDEX for label in labels[max_seq_len:])
+    return TokenizedExample(input_ids[:max_seq_len], labels[:max_seq_len], dropped, cut)
 
 
 def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool = False) -> str:
@@ -119,16 +123,3 @@ def _split_turn(tokenizer: Any, turn: str, content: Any) -> tuple[str, str, str]
 def pad_id(tokenizer: Any) -> int:
     """Padding id: the tokenizer's pad token, else its EOS."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def collate(batch: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch of (input_ids, labels) into tensors with an attention mask."""
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, labs) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        labels[row, : len(labs)] = torch.tensor(labs, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

@@ -1,9 +1,15 @@
-"""The training loop: LoRA on a local base model, plain PyTorch, progress via callbacks.
+"""The training loop: adapters on a local base model, plain PyTorch, progress via callbacks.
 
-``train(config, callbacks)`` loads the base model, wraps it with a PEFT LoRA
-adapter, tokenizes the data, and runs AdamW with linear warm-up and decay.
-It reports through ``callbacks``: ``on_event`` for log lines and metrics,
-``on_checkpoint`` after each epoch, and polls ``should_stop`` before every step.
+``train(config, callbacks)`` loads the base model, applies the fine-tuning method
+(``methods.py``), tokenizes the data, and runs AdamW with warm-up and the configured schedule
+on padding-free packed batches (``batching.py``). It reports through ``callbacks``:
+``on_event`` for log lines and metrics, ``on_checkpoint`` for each resumable checkpoint
+(``checkpoints.py``), and polls ``should_stop`` (cancel: stop, no checkpoint) and
+``should_pause`` (write a checkpoint at the current step, then stop) before every optimizer step.
+
+Data order: epoch ``e`` visits the examples in ``random.Random(f"{seed}:{e}")`` shuffled order;
+a resumed run continues at the same batch of the same order, with the same RNG states, so its
+loss curve is the uninterrupted run's (bit-identical on CPU).
 """
 
 from __future__ import annotations
@@ -17,33 +23,40 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import set_seed
 
+from .batching import batch_loss, make_batch
+from .checkpoints import file_sha256, load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint
 from .config import TrainingConfig
-from .data import IGNORE_INDEX, collate, pad_id, read_jsonl, tokenize_example
+from .data import IGNORE_INDEX, pad_id, read_jsonl, tokenize_example
+from .methods import apply_method
 from .model_loading import atomic_directory, load_base_model, resolve_device
-
-LLAMA_LIKE_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 Example = tuple[list[int], list[int]]
 
 
 class TrainingCallbacks(Protocol):
-    """How a run reports progress and learns it was cancelled (the worker implements this)."""
+    """How a run reports progress and learns it was cancelled or paused (the worker implements this).
+
+    Optional: ``on_checkpoint_removed(step, path)``, called when retention deletes a checkpoint.
+    """
 
     def on_event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None: ...
     def should_stop(self) -> bool: ...
+    def should_pause(self) -> bool: ...
     def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None: ...
 
 
 class NullCallbacks:
-    """Callbacks that ignore everything and never stop."""
+    """Callbacks that ignore everything and never stop or pause."""
 
     def on_event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None:
         pass
 
     def should_stop(self) -> bool:
+        return False
+
+    def should_pause(self) -> bool:
         return False
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None:
@@ -52,33 +65,40 @@ class NullCallbacks:
 
 @dataclass
 class TrainingResult:
-    steps: int  # optimizer steps taken
+    steps: int  # optimizer steps taken (in total, counting those before a resume)
     trained_tokens: int  # tokens of the training examples processed, summed over epochs
-    adapter_dir: Path | None  # None when stopped
+    adapter_dir: Path | None  # None when stopped or paused
     train_loss: float | None  # last logged training loss
     valid_loss: float | None  # last validation loss
     stopped: bool
-    metrics: list[dict] = field(default_factory=list)  # one row per logged step
+    metrics: list[dict] = field(default_factory=list)  # one row per logged step (since the start)
+    paused: bool = False
+    checkpoint_dir: Path | None = None  # the pause checkpoint, to resume from
+    early_stopped: bool = False  # early stopping ended the run (the best weights were restored)
 
 
 def _load_examples(path: Path, tokenizer: Any, max_len: int, name: str, callbacks: TrainingCallbacks) -> list[Example]:
-    """Tokenize a JSONL file, reporting truncation and dropping examples with nothing to learn."""
-    examples, truncated, empty = [], 0, 0
+    """Tokenize a JSONL file. Over-long rule: keep the first ``max_len`` tokens; an example left
+    with nothing to learn is skipped. Both counts, and how many answers were cut, are reported."""
+    examples, truncated, cut_answers, empty = [], 0, 0, 0
     for index, raw in enumerate(read_jsonl(path)):
         try:
-            ids, labels, dropped = tokenize_example(tokenizer, raw, max_len)
+            ids, labels, dropped, cut = tokenize_example(tokenizer, raw, max_len)
         except ValueError as e:
             raise ValueError(f"{name} example {index + 1}: {e}") from None
         truncated += dropped > 0
+        cut_answers += cut
         if all(label == IGNORE_INDEX for label in labels[1:]):  # the first token is never predicted
             empty += 1
             continue
         examples.append((ids, labels))
     if truncated:
-        message = f"{truncated} {name} example(s) were longer than {max_len} tokens and were truncated"
-        callbacks.on_event(message, level="warn", data={"truncated_examples": truncated, "max_seq_len": max_len})
+        message = (f"{truncated} {name} example(s) were longer than {max_len} tokens and were truncated to their "
+                   f"first {max_len} tokens ({cut_answers} cut inside a learned answer)")
+        callbacks.on_event(message, level="warn", data={"truncated_examples": truncated, "max_seq_len": max_len,
+                                                         "cut_answers": cut_answers})
     if empty:
-        message = f"{empty} {name} example(s) have no tokens to learn (all assistant turns weight 0) and were skipped"
+        message = f"{empty} {name} example(s) have no tokens to learn (all assistant turns weight 0, or cut off) and were skipped"
         callbacks.on_event(message, level="warn", data={"skipped_examples": empty})
     if not examples:
         raise ValueError(f"the {name} file has no usable examples")
@@ -87,52 +107,23 @@ def _load_examples(path: Path, tokenizer: Any, max_len: int, name: str, callback
     return examples
 
 
-def _lora_targets(model: Any, configured: list[str] | None) -> list[str] | str:
-    if configured is not None:
-        return configured
-    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    return LLAMA_LIKE_MODULES if set(LLAMA_LIKE_MODULES) <= names else "all-linear"
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 1/(total-warmup) at the last step."""
+def _lr_factor(step: int, warmup: int, total: int, kind: str = "linear") -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay (to 1/(total-warmup) at the last
+    step), cosine decay (same end point), or constant."""
     if step < warmup:
         return (step + 1) / warmup
-    return (total - step) / max(1, total - warmup)
+    if kind == "constant":
+        return 1.0
+    remaining = (total - step) / max(1, total - warmup)
+    if kind == "cosine":
+        return 0.5 * (1 - math.cos(math.pi * remaining))
+    return remaining
 
 
-def _loss_and_accuracy(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
-    """Mean next-token loss over label tokens, number of label tokens, number predicted right.
-
-    Logits are computed only at positions whose next token is learned (``logits_to_keep``),
-    which spares most of the vocabulary projection for prompt tokens.
-    """
-    targets = batch["labels"][:, 1:]
-    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    logits, targets = logits.float(), targets[:, keep]
-    mask = targets != IGNORE_INDEX
-    loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
-    correct = int((logits[mask].argmax(-1) == targets[mask]).sum())
-    return loss, int(mask.sum()), correct
-
-
-def _batches(examples: list[Example], batch_size: int, pad: int, device: torch.device, order: list[int]):
-    for start in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[start : start + batch_size]], pad)
-        yield {k: v.to(device) for k, v in batch.items()}
-
-
-@torch.no_grad()
-def _evaluate(model: Any, examples: list[Example], batch_size: int, pad: int, device: torch.device) -> tuple[float, float]:
-    """Token-weighted mean loss and token accuracy over a dataset."""
-    model.eval()
-    loss_sum, n_tokens, n_correct = 0.0, 0, 0
-    for batch in _batches(examples, batch_size, pad, device, list(range(len(examples)))):
-        loss, n, correct = _loss_and_accuracy(model, batch)
-        loss_sum, n_tokens, n_correct = loss_sum + loss.item() * n, n_tokens + n, n_correct + correct
-    model.train()
-    return loss_sum / n_tokens, n_correct / n_tokens
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order
 
 
 def _set_cpu_threads() -> None:
@@ -141,94 +132,254 @@ def _set_cpu_threads() -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
 
+class _Run:
+    """One training run's moving parts; ``train`` drives it."""
+
+    def __init__(self, config: TrainingConfig, callbacks: TrainingCallbacks) -> None:
+        self.config, self.callbacks = config, callbacks
+        hp = config.hyperparameters
+        set_seed(config.seed)
+        self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            _set_cpu_threads()
+        callbacks.on_event(f"Loading base model from {config.base_model_dir} on {self.device}")
+        model, tokenizer = load_base_model(config.base_model_dir, self.device)
+        model.config.use_cache = False
+        self.pad = pad_id(tokenizer)
+        self.train_set = _load_examples(config.training_file, tokenizer, config.max_seq_len, "training", callbacks)
+        self.valid_set = None
+        if config.validation_file is not None:
+            self.valid_set = _load_examples(config.validation_file, tokenizer, config.max_seq_len, "validation", callbacks)
+        self.row_tokens = max(config.max_seq_len, max(len(ids) for ids, _ in self.train_set))
+        self.model = apply_method(model, config)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / hp.batch_size)
+        self.total = self.steps_per_epoch * hp.n_epochs
+        warmup = math.ceil(config.warmup_ratio * self.total)
+        kind, total = config.lr_scheduler, self.total
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, warmup, total, kind))
+        self.fingerprint = {
+            "training_file_sha256": file_sha256(config.training_file),
+            "n_examples": len(self.train_set),
+            "batch_size": hp.batch_size,
+            "n_epochs": hp.n_epochs,
+            "seed": config.seed,
+        }
+        self.state: dict = {
+            "step": 0, "epoch": 1, "batch_in_epoch": 0, "trained_tokens": 0, "metrics": [],
+            "window": _new_window(), "valid_loss": None, "valid_acc": None,
+            "best_valid": None, "best_valid_step": None, "evals_since_best": 0,
+            "best_checkpoint": None, "fingerprint": self.fingerprint,
+        }
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.last_checkpoint_step: int | None = None
+        n_trainable = sum(p.numel() for p in self.params)
+        callbacks.on_event(
+            f"Training {n_trainable:,} parameters for {self.total} steps ({hp.n_epochs} epochs x "
+            f"{self.steps_per_epoch} steps, batch size {hp.batch_size}, lr {config.learning_rate:g})",
+            data={"total_steps": self.total, "trainable_parameters": n_trainable, "learning_rate": config.learning_rate},
+        )
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def resume(self, path: Path) -> None:
+        state, best = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        if state["fingerprint"] != self.fingerprint:
+            raise ValueError(f"checkpoint {path} belongs to a different run: {state['fingerprint']} != {self.fingerprint}")
+        restore_rng(path, state)
+        del state["python_random"]
+        self.state = state
+        self.best_weights = best
+        self.callbacks.on_event(f"Resumed from checkpoint at step {state['step']}", data={"step": state["step"]})
+
+    def checkpoint(self, metrics: dict, reuse_existing: bool = False) -> Path:
+        """Write a resumable checkpoint of the current step (``on_checkpoint`` once per step: a pause
+        right after a checkpoint at the same step reuses it), then apply retention."""
+        config, step = self.config, self.state["step"]
+        path = Path(config.checkpoint_dir) / f"step-{step}"
+        if reuse_existing and self.last_checkpoint_step == step and path.is_dir():
+            return path
+        self.last_checkpoint_step = step
+        score = metrics.get("valid_loss")
+        score = metrics.get("train_loss") if score is None else score
+        best = self.state["best_checkpoint"]
+        if score is not None and (best is None or score < best["score"] or best["step"] == step):
+            self.state["best_checkpoint"] = {"step": step, "score": score}
+        keep_best = self.best_weights if config.early_stopping_patience else None
+        save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.state, keep_best)
+        self.callbacks.on_checkpoint(step, path, metrics)
+        best_step = self.state["best_checkpoint"]["step"] if self.state["best_checkpoint"] else None
+        for removed_step, removed in prune_checkpoints(Path(config.checkpoint_dir), config.keep_checkpoints, best_step):
+            hook = getattr(self.callbacks, "on_checkpoint_removed", None)
+            if hook is not None:
+                hook(removed_step, removed)
+        return path
+
+    # -- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Loss on learned tokens (token-weighted mean) and token accuracy over the validation set."""
+        self.model.eval()
+        loss_sum, n_tokens, n_correct = 0.0, 0, 0
+        bs = self.config.hyperparameters.batch_size
+        for start in range(0, len(self.valid_set), bs):
+            batch = self._to_device(make_batch(self.valid_set[start : start + bs], self.pad, packed=self._packed,
+                                               row_tokens=self.row_tokens))
+            with self._autocast():
+                loss, _, n, correct = batch_loss(self.model, batch)
+            loss_sum, n_tokens, n_correct = loss_sum + loss.item(), n_tokens + n, n_correct + correct
+        self.model.train()
+        return loss_sum / n_tokens, n_correct / n_tokens
+
+    def after_evaluation(self, valid_loss: float) -> bool:
+        """Track the best validation loss; True when early stopping says stop."""
+        state = self.state
+        if state["best_valid"] is None or valid_loss < state["best_valid"]:
+            state["best_valid"], state["best_valid_step"], state["evals_since_best"] = valid_loss, state["step"], 0
+            if self.config.early_stopping_patience:
+                self.best_weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+            return False
+        state["evals_since_best"] += 1
+        patience = self.config.early_stopping_patience
+        return patience is not None and state["evals_since_best"] >= patience
+
+    def restore_best(self) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in (self.best_weights or {}).items():
+                params[name].copy_(value)
+
+    # -- one optimizer step ------------------------------------------------------------------
+    @property
+    def _packed(self) -> bool:
+        return self.config.batching == "packed"
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def step(self, examples: list[Example]) -> None:
+        config, window = self.config, self.state["window"]
+        started = time.perf_counter()
+        accumulation = min(config.gradient_accumulation_steps, len(examples))
+        size = math.ceil(len(examples) / accumulation)
+        batches = [
+            make_batch(examples[i : i + size], self.pad, packed=self._packed, row_tokens=self.row_tokens,
+                       prompt_loss_weight=config.prompt_loss_weight)
+            for i in range(0, len(examples), size)
+        ]
+        denominator = sum(float(b["weights"].sum()) for b in batches)
+        loss_sum = 0.0
+        for batch in batches:
+            with self._autocast():
+                loss, _, n_learned, correct = batch_loss(self.model, self._to_device(batch))
+            (loss / denominator).backward()
+            loss_sum += loss.item()
+            window["labels"] += n_learned
+            window["correct"] += correct
+            window["tokens"] += int(batch["n_tokens"])
+            self.state["trained_tokens"] += int(batch["n_tokens"])
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        window["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+        window["loss_sum"] += loss_sum
+        window["weight"] += denominator
+        window["seconds"] += time.perf_counter() - started
+
+
+def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResult:
+    """Fine-tune on ``config.training_file``; see the module docstring."""
+    run = _Run(config, callbacks)
+    if config.resume_from is not None:
+        run.resume(config.resume_from)
+    state, hp = run.state, config.hyperparameters
+    total, per_epoch = run.total, run.steps_per_epoch
+    should_pause = getattr(callbacks, "should_pause", lambda: False)
+
+    def result(adapter_dir=None, stopped=False, paused=False, checkpoint_dir=None, early=False) -> TrainingResult:
+        rows = state["metrics"]
+        return TrainingResult(state["step"], state["trained_tokens"], adapter_dir, _last(rows), state["valid_loss"],
+                              stopped, rows, paused, checkpoint_dir, early)
+
+    while state["epoch"] <= hp.n_epochs:
+        epoch = state["epoch"]
+        order = epoch_order(config.seed, epoch, len(run.train_set))
+        while state["epoch"] == epoch and state["batch_in_epoch"] < per_epoch:
+            step = state["step"]
+            if callbacks.should_stop():
+                callbacks.on_event(f"Training stopped at step {step}/{total} on request", data={"step": step})
+                return result(stopped=True)
+            if should_pause():
+                if config.checkpoint_dir is None:
+                    raise ValueError("pausing needs a checkpoint_dir")
+                path = run.checkpoint(_pause_metrics(state), reuse_existing=True)
+                callbacks.on_event(f"Training paused at step {step}/{total}", data={"step": step})
+                return result(stopped=True, paused=True, checkpoint_dir=path)
+            b = state["batch_in_epoch"]
+            run.step([run.train_set[i] for i in order[b * hp.batch_size : (b + 1) * hp.batch_size]])
+            state["batch_in_epoch"] = b + 1
+            step = state["step"]
+
+            end_of_epoch = state["batch_in_epoch"] == per_epoch
+            checkpoint_now = config.checkpoint_dir is not None and (
+                end_of_epoch or (config.checkpoint_every is not None and step % config.checkpoint_every == 0))
+            evaluate_now = run.valid_set is not None and (
+                end_of_epoch or (config.eval_every is not None and step % config.eval_every == 0))
+            stop_early = False
+            if evaluate_now:
+                state["valid_loss"], state["valid_acc"] = run.evaluate()
+                stop_early = run.after_evaluation(state["valid_loss"])
+            if step % config.log_every == 0 or end_of_epoch or checkpoint_now or evaluate_now or stop_early:
+                valid = (state["valid_loss"], state["valid_acc"]) if evaluate_now else (None, None)
+                state["metrics"].append(_log_step(callbacks, state["window"], step, total, epoch, *valid))
+                state["window"] = _new_window()
+            if end_of_epoch:
+                state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            if checkpoint_now:
+                run.checkpoint(state["metrics"][-1])
+            if stop_early:
+                run.restore_best()
+                callbacks.on_event(
+                    f"Early stopping at step {step}: no validation improvement in {config.early_stopping_patience} "
+                    f"evaluations; restored the weights of step {state['best_valid_step']} "
+                    f"(validation loss {state['best_valid']:.4f})",
+                    data={"step": step, "best_step": state["best_valid_step"], "best_valid_loss": state["best_valid"]})
+                _save_adapter(run.model, Path(config.output_dir))
+                return result(adapter_dir=Path(config.output_dir), early=True)
+
+    _save_adapter(run.model, Path(config.output_dir))
+    callbacks.on_event(f"Training finished: {state['step']} steps, {state['trained_tokens']} trained tokens",
+                       data={"step": state["step"]})
+    return result(adapter_dir=Path(config.output_dir))
+
+
 def _save_adapter(model: Any, path: Path) -> None:
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
 
 
-def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResult:
-    """Fine-tune a LoRA adapter on ``config.training_file``; see the module docstring."""
-    hp = config.hyperparameters
-    set_seed(config.seed)
-    device = resolve_device(config.device)
-    if device.type == "cpu":
-        _set_cpu_threads()
-
-    callbacks.on_event(f"Loading base model from {config.base_model_dir} on {device}")
-    model, tokenizer = load_base_model(config.base_model_dir, device)
-    model.config.use_cache = False
-    train_set = _load_examples(config.training_file, tokenizer, config.max_seq_len, "training", callbacks)
-    valid_set = None
-    if config.validation_file is not None:
-        valid_set = _load_examples(config.validation_file, tokenizer, config.max_seq_len, "validation", callbacks)
-
-    lora = config.lora
-    targets = _lora_targets(model, lora.target_modules)
-    peft_config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
-    )
-    model = get_peft_model(model, peft_config)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(train_set) / hp.batch_size)
-    total = steps_per_epoch * hp.n_epochs
-    warmup = math.ceil(config.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total))
-    pad = pad_id(tokenizer)
-    n_trainable = sum(p.numel() for p in params)
-    callbacks.on_event(
-        f"Training {n_trainable:,} LoRA parameters for {total} steps "
-        f"({hp.n_epochs} epochs x {steps_per_epoch} steps, batch size {hp.batch_size}, lr {config.learning_rate:g})",
-        data={"total_steps": total, "trainable_parameters": n_trainable, "learning_rate": config.learning_rate},
-    )
-
-    rng = random.Random(config.seed)
-    step, trained_tokens, metrics = 0, 0, []
-    valid_loss = valid_acc = None
-    window = _new_window()  # sums since the last metrics event
-    for epoch in range(1, hp.n_epochs + 1):
-        order = list(range(len(train_set)))
-        rng.shuffle(order)
-        for batch in _batches(train_set, hp.batch_size, pad, device, order):
-            if callbacks.should_stop():
-                callbacks.on_event(f"Training stopped at step {step}/{total} on request", data={"step": step})
-                return TrainingResult(step, trained_tokens, None, _last(metrics), valid_loss, True, metrics)
-            started = time.perf_counter()
-            loss, n_labels, correct = _loss_and_accuracy(model, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            n_tokens = int(batch["attention_mask"].sum())
-            trained_tokens += n_tokens
-            window["loss_sum"] += loss.item() * n_labels
-            window["labels"] += n_labels
-            window["correct"] += correct
-            window["tokens"] += n_tokens
-            window["seconds"] += time.perf_counter() - started
-
-            end_of_epoch = step % steps_per_epoch == 0
-            if end_of_epoch and valid_set is not None:
-                valid_loss, valid_acc = _evaluate(model, valid_set, hp.batch_size, pad, device)
-            if step % config.log_every == 0 or end_of_epoch:
-                valid = (valid_loss, valid_acc) if end_of_epoch else (None, None)
-                metrics.append(_log_step(callbacks, window, step, total, epoch, *valid))
-                window = _new_window()
-            if end_of_epoch and config.checkpoint_dir is not None:
-                path = Path(config.checkpoint_dir) / f"step-{step}"
-                _save_adapter(model, path)
-                callbacks.on_checkpoint(step, path, metrics[-1])
-
-    _save_adapter(model, Path(config.output_dir))
-    callbacks.on_event(f"Training finished: {step} steps, {trained_tokens} trained tokens", data={"step": step})
-    return TrainingResult(step, trained_tokens, Path(config.output_dir), _last(metrics), valid_loss, False, metrics)
-
-
 def _new_window() -> dict:
-    return {"loss_sum": 0.0, "labels": 0, "correct": 0, "tokens": 0, "seconds": 0.0}
+    return {"loss_sum": 0.0, "weight": 0.0, "labels": 0, "correct": 0, "tokens": 0, "seconds": 0.0, "learning_rate": None}
+
+
+def _pause_metrics(state: dict) -> dict:
+    """Metrics for a pause checkpoint: the steps since the last logged row, else that row."""
+    window = state["window"]
+    if window["weight"] > 0:
+        return {"step": state["step"], "train_loss": window["loss_sum"] / window["weight"],
+                "train_mean_token_accuracy": window["correct"] / max(1, window["labels"])}
+    last = dict(state["metrics"][-1]) if state["metrics"] else {}
+    return last | {"step": state["step"]}
 
 
 def _log_step(
@@ -241,15 +392,16 @@ def _log_step(
     valid_acc: float | None,
 ) -> dict:
     """Emit a metrics event summarizing the steps in ``window``; return the metrics row."""
-    train_loss = window["loss_sum"] / window["labels"]
+    train_loss = window["loss_sum"] / window["weight"]
     row = {
         "step": step,
         "total_steps": total,
         "epoch": epoch,
         "train_loss": train_loss,
-        "train_mean_token_accuracy": window["correct"] / window["labels"],
+        "train_mean_token_accuracy": window["correct"] / max(1, window["labels"]),
         "valid_loss": valid_loss,
         "valid_mean_token_accuracy": valid_acc,
+        "learning_rate": window.get("learning_rate"),
         "tokens_per_second": window["tokens"] / max(window["seconds"], 1e-9),
     }
     message = f"Step {step}/{total}: training loss={train_loss:.4f}"
