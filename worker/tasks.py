@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
@@ -171,6 +171,12 @@ class JobRun:
                                    metrics={k: v for k, v in metrics.items() if v is not None},
                                    model_id=model_id, adapter_path=str(path)))
             add_event(session, self.job.pk, f"Checkpoint created at step {step}", data={"step": step})
+
+    def on_checkpoint_removed(self, step: int, path: Path) -> None:
+        """The engine keeps the last few checkpoints (and the best); the list follows it."""
+        with session_scope(self.url) as session:
+            state.hold(session, self.job.pk, self.owner)
+            session.execute(delete(Checkpoint).where(Checkpoint.job_pk == self.job.pk, Checkpoint.step_number == step))
 
     # --- data and results --------------------------------------------------------------------
     def data_path(self, file_id: str, param: str) -> tuple[Path, int]:
