@@ -96,12 +96,12 @@ def one_model(api, job_id: str, done: dict) -> None:
 def test_sigkilled_worker_job_resumes_on_another_worker_from_its_checkpoint(api, settings, tmp_path):
     logs = (tmp_path / "a.log", tmp_path / "b.log")
     with worker(settings, logs[0]) as first:
-        job_id = create(api, n=20, epochs=15)  # 300 steps, a checkpoint every 20
+        job_id = create(api, n=20, epochs=8)  # 160 steps, a checkpoint every 20
         checkpoint = wait_for(lambda: next((e for e in events(api, job_id) if e["message"].startswith("Checkpoint")),
                                            None), "a checkpoint", logs=logs, every=0.02)
         kill(first)
     killed_step = max(e["data"]["step"] for e in events(api, job_id) if e["type"] == "metrics")
-    assert job(api, job_id)["status"] == "running" and killed_step < 300  # orphaned mid-training
+    assert job(api, job_id)["status"] == "running" and killed_step < 160  # orphaned mid-training
     with worker(settings, logs[1]):
         done = wait_for(lambda: (j := job(api, job_id))["status"] in ("succeeded", "failed") and j,
                         "the job to finish", logs=logs)
@@ -114,7 +114,7 @@ def test_sigkilled_worker_job_resumes_on_another_worker_from_its_checkpoint(api,
     resumed_at = text.index(f"Fine-tuning job resumed from the checkpoint at step {reaped['data']['resume_step']}")
     assert text.count("Fine-tuning job started") == 1
     after = [e["data"]["step"] for e in log[resumed_at:] if e["type"] == "metrics"]
-    assert after[0] > reaped["data"]["resume_step"] and after[-1] == 300  # continued, not restarted
+    assert after[0] > reaped["data"]["resume_step"] and after[-1] == 160  # continued, not restarted
     assert text[-1] == "The job has successfully completed" and text.count(text[-1]) == 1
     one_model(api, job_id, done)
     assert (settings.jobs_dir / job_id / "adapter" / "adapter_model.safetensors").is_file()
@@ -160,7 +160,7 @@ def test_a_job_whose_worker_dies_every_time_fails_after_max_attempts(api, settin
 def test_sigterm_checkpoints_and_hands_the_job_to_the_next_worker(api, settings, tmp_path):
     logs = (tmp_path / "a.log", tmp_path / "b.log")
     with worker(settings, logs[0]) as first:
-        job_id = create(api, n=20, epochs=15)
+        job_id = create(api, n=20, epochs=8)
         wait_for(lambda: sum(e["type"] == "metrics" for e in events(api, job_id)) >= 3, "training", logs=logs)
         first.send_signal(signal.SIGTERM)  # to the Celery parent only, as `docker stop` does
         assert first.wait(timeout=60) == 0, logs[0].read_text()[-3000:]
