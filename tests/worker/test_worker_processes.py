@@ -34,7 +34,34 @@ def settings(tmp_path: Path, base_models_dir: Path, fresh_postgres_url: str) -> 
     return s
 
 
+@pytest.fixture
+def embedded(tmp_path: Path, base_models_dir: Path) -> Settings:
+    """The embedded default: SQLite and the SQL broker in the data folder."""
+    from app.cli import migrate_database
+
+    s = Settings(data_dir=tmp_path / "embedded", base_models_dir=base_models_dir)
+    s.ensure_dirs()
+    migrate_database(s)
+    return s
+
+
+@pytest.fixture(params=["postgres-redis", "embedded"])
+def backend(request, settings: Settings, embedded: Settings, api):
+    """(settings, api) for each deployment: Postgres + Redis, or SQLite + the SQL broker."""
+    if request.param == "postgres-redis":
+        return settings, api
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import Api, new_key
+
+    client = TestClient(create_app(embedded))
+    request.addfinalizer(client.close)
+    return embedded, Api(client, new_key(embedded))
+
+
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """The worker's environment; empty database/broker URLs mean the embedded defaults."""
     return {**os.environ, "WHETSTONE_DATA_DIR": str(settings.data_dir), "WHETSTONE_DATABASE_URL": settings.database_url,
             "WHETSTONE_BROKER_URL": settings.broker_url, "WHETSTONE_QUEUE": settings.queue,
             "WHETSTONE_BASE_MODELS_DIR": str(settings.base_models_dir), "WHETSTONE_LEASE_SECONDS": LEASE,
@@ -93,7 +120,8 @@ def one_model(api, job_id: str, done: dict) -> None:
     assert sum(job_id.removeprefix("ftjob-")[:8] in m for m in models) == 1
 
 
-def test_sigkilled_worker_job_resumes_on_another_worker_from_its_checkpoint(api, settings, tmp_path):
+def test_sigkilled_worker_job_resumes_on_another_worker_from_its_checkpoint(backend, tmp_path):
+    settings, api = backend
     logs = (tmp_path / "a.log", tmp_path / "b.log")
     with worker(settings, logs[0]) as first:
         job_id = create(api, n=20, epochs=8)  # 160 steps, a checkpoint every 20
