@@ -80,18 +80,21 @@ async def follow_job_events(settings: Settings, job_pk: int, since: int,
                     continue
             if sent:
                 last_sent = time.monotonic()
-            if await is_disconnected():
-                return
             quiet = time.monotonic() - last_sent
             if quiet >= settings.events_heartbeat:
+                # (Starlette ends the generator when the client goes; this is for servers that do not.)
+                if await is_disconnected():
+                    return
                 yield ": keep-alive\n\n"
                 last_sent, quiet = time.monotonic(), 0.0
             timeout = settings.events_heartbeat - quiet
             if inbox is not None and listener.healthy:
-                try:
-                    await asyncio.wait_for(inbox.ready.wait(), min(timeout, SAFETY_POLL))
-                except asyncio.TimeoutError:
-                    read_db = True  # nothing pushed for a while: look anyway
+                if not inbox.ready.is_set():
+                    try:
+                        async with asyncio.timeout(min(timeout, SAFETY_POLL)):
+                            await inbox.ready.wait()
+                    except TimeoutError:
+                        read_db = True  # nothing pushed for a while: look anyway
             else:
                 await asyncio.sleep(min(timeout, settings.events_poll_interval))
                 read_db = True

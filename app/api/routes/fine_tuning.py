@@ -95,24 +95,25 @@ def list_events(
     stream: bool = False,
     last_event_id: str | None = Header(None),
     caller: Caller = CallerDep,
-    session: Session = SessionDep,
+    settings: Settings = SettingsDep,
 ):
-    job = service.get_job(session, caller, job_id)
-    if stream:
-        since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        settings: Settings = request.app.state.settings
-        return StreamingResponse(
-            follow_job_events(settings, job.pk, since, request.is_disconnected),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
-    after_pk = None
-    if after:
-        after_pk = event_service.event_pk(session, job.pk, after)
-        if after_pk is None:
-            raise APIError(404, f"No such event: '{after}'", param="after")
-    rows, has_more = event_service.events_newest_first(session, job.pk, limit=limit, after_pk=after_pk)
-    return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
+    # A short session of its own: a follower must not hold a database connection while it streams.
+    with session_scope(settings.resolved_database_url) as session:
+        job = service.get_job(session, caller, job_id)
+        if not stream:
+            after_pk = None
+            if after:
+                after_pk = event_service.event_pk(session, job.pk, after)
+                if after_pk is None:
+                    raise APIError(404, f"No such event: '{after}'", param="after")
+            rows, has_more = event_service.events_newest_first(session, job.pk, limit=limit, after_pk=after_pk)
+            return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
+    since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    return StreamingResponse(
+        follow_job_events(settings, job.pk, since, request.is_disconnected),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListResponse[JobCheckpoint])
