@@ -137,5 +137,13 @@ def keys_create(project: str, data_dir: Path | None) -> None:
     click.echo(secret)
 
 
+# --- data preparation and evaluation (issue 9) ---
+from worker.dataprep.cli import prepare_data  # noqa: E402
+from worker.evaluation.cli import evaluate_command, show_evaluation  # noqa: E402
+
+for _command in (prepare_data, evaluate_command, show_evaluation):
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import FastAPI, Request
 
-from app.api.routes import files, fine_tuning, inference
+from app.api.routes import evaluations, files, fine_tuning, inference
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.services.event_bus import configure_publisher
@@ -36,6 +36,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     install_error_handlers(app)
-    for module in (files, fine_tuning, inference):
+    for module in (files, fine_tuning, inference, evaluations):
         app.include_router(module.router)
     return app

@@ -143,3 +143,24 @@ class IdempotencyKey(Base):
     object_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     __table_args__ = (UniqueConstraint("project_pk", "scope", "key", name="uq_idempotency_keys_project_scope_key"),)
+
+
+# --- evaluations (issue 9) ---
+class Evaluation(Base):
+    """A fine-tuned model against its base on a held-out file (run by a worker)."""
+
+    __tablename__ = "evaluations"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_pk: Mapped[int] = mapped_column(ForeignKey("projects.pk", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(300))  # the fine-tuned model (or checkpoint) id
+    base_model: Mapped[str] = mapped_column(String(256))
+    file_id: Mapped[str] = mapped_column(String(64))
+    max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    __table_args__ = (Index("ix_evaluations_project_pk_pk", "project_pk", "pk"),)

@@ -18,7 +18,7 @@ from app.models import Base
 from tests.conftest import POSTGRES_ADMIN, REPO
 
 TABLES = {"projects", "api_keys", "files", "fine_tuning_jobs", "job_events", "checkpoints", "fine_tuned_models",
-          "idempotency_keys"}
+          "idempotency_keys", "evaluations"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

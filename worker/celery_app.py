@@ -7,10 +7,11 @@ from celery import Celery
 from app.core.config import Settings, get_settings
 
 TRAIN_TASK = "whetstone.train_job"
+EVAL_TASK = "whetstone.evaluate"  # worker/eval_tasks.py
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("whetstone", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    app = Celery("whetstone", broker=settings.resolved_broker_url, include=["worker.tasks", "worker.eval_tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

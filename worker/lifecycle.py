@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from billiard.process import active_children
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 log = logging.getLogger("whetstone.worker")
 _reaper: list[subprocess.Popen] = []
@@ -25,6 +25,13 @@ _reaper: list[subprocess.Popen] = []
 @worker_ready.connect
 def start_reaper(**_: object) -> None:
     _reaper.append(subprocess.Popen([sys.executable, "-m", "worker.reaper", "--parent", str(os.getpid())]))
+
+
+@worker_process_init.connect
+def ignore_sigterm_in_pool_process(**_: object) -> None:
+    """A pool process finishes what it runs (an evaluation, say) on warm shutdown; a training job
+    installs its own SIGTERM handler (worker/tasks.py) that checkpoints and hands the job back."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @worker_shutting_down.connect

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import signal
 import threading
 import time
@@ -35,7 +36,7 @@ from worker import lifecycle  # noqa: F401 - connects the worker's signal handle
 from worker.celery_app import TRAIN_TASK, app
 
 log = logging.getLogger("whetstone.worker")
-MIN_EXAMPLES = 10
+from worker.dataprep.checks import MIN_EXAMPLES, too_few_message  # noqa: E402  (shared with prepare-data)
 
 
 class JobFailed(Exception):
@@ -128,6 +129,8 @@ class JobRun:
 
     # --- TrainingCallbacks -------------------------------------------------------------------
     def on_event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None:
+        if data and data.get("valid_loss") is not None:  # issue 9: perplexity beside each validation loss
+            data = {**data, "valid_perplexity": math.exp(data["valid_loss"])}
         values = {}
         if type == "metrics" and data and data.get("step") and data.get("total_steps"):
             values["estimated_finish"] = self._estimate(int(data["step"]), int(data["total_steps"]))
@@ -299,8 +302,7 @@ def _validate(run: JobRun) -> tuple[Any, Path, Path | None]:
         run.event(f"Validating training file: {job.training_file}")
     training_path, n_examples = run.data_path(job.training_file, "training_file")
     if n_examples < MIN_EXAMPLES:
-        raise JobFailed("invalid_training_file", f"Training file has {n_examples} example(s), but must have at "
-                        f"least {MIN_EXAMPLES} examples", "training_file")
+        raise JobFailed("invalid_training_file", too_few_message(n_examples), "training_file")
     validation_path = None
     if job.validation_file:
         if first:
@@ -365,5 +367,23 @@ def _run(run: JobRun) -> None:
         elif status in state.TERMINAL:
             run.event("Training stopped: the job is no longer running")
         return
+    report_best_checkpoint(run, result.metrics)
     result_file = run.results_file(result.metrics)
     run.succeed(result.adapter_dir, result.trained_tokens, result_file)
+
+
+def report_best_checkpoint(run: JobRun, metrics: list[dict]) -> None:
+    """At the end of training: the saved checkpoint with the lowest validation loss (issue 9).
+    Without checkpoints that carry a validation loss, the best logged step is named instead."""
+    from worker.evaluation import best_by_validation_loss
+
+    with session_scope(run.url) as session:
+        rows = session.scalars(select(Checkpoint).where(Checkpoint.job_pk == run.job.pk))
+        saved = {c.step_number: c.model_id for c in rows}
+    best = best_by_validation_loss([m for m in metrics if m.get("step") in saved]) or best_by_validation_loss(metrics)
+    if best is None:
+        return
+    model = saved.get(best["step"])
+    where = f": {model}" if model else " (no checkpoint was saved at that step)"
+    run.event(f"Best checkpoint by validation loss: step {best['step']} (validation loss {best['valid_loss']:.4f}, "
+              f"perplexity {best['valid_perplexity']:.4g}){where}", data={**best, "fine_tuned_model_checkpoint": model})

@@ -94,3 +94,28 @@ def delete_file(session: Session, storage: LocalStorage, caller: Caller, file_id
     session.delete(row)
     session.flush()
     storage.delete(row.storage_key)
+
+
+# --- file validation (issue 9): the prepare-data checks on a stored file ---
+def validate_file(session: Session, storage: LocalStorage, settings, caller: Caller, file_id: str, *,
+                  model: str | None, max_tokens: int) -> dict:
+    from worker.dataprep.checks import run_checks
+    from worker.dataprep.readers import read_records
+
+    row = get_file(session, caller, file_id)
+    if row.purpose != "fine-tune":
+        raise invalid(f"File '{file_id}' has purpose '{row.purpose}'; only fine-tune files are validated.",
+                      param="file_id", code="invalid_file")
+    tokenizer = None
+    if model is not None:
+        from app.services.base_models import find_base_model
+
+        base = find_base_model(settings, model)
+        if base is None or not (base.path / "tokenizer_config.json").is_file():
+            raise invalid(f"Model '{model}' is not an available base model.", param="model", code="model_not_available")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base.path, local_files_only=True)
+    findings = run_checks(read_records(storage.path(row.storage_key), "jsonl"), tokenizer, max_tokens)
+    return {"file_id": row.id, "format": row.data_format, "n_examples": row.n_examples,
+            "valid": not any(f.severity == "error" for f in findings), "findings": [f.as_dict() for f in findings]}

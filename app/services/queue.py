@@ -45,3 +45,10 @@ def send_job(settings: Settings, job_id: str) -> bool:
     with session_scope(settings.resolved_database_url) as session:
         session.execute(update(FineTuningJob).where(FineTuningJob.id == job_id).values(enqueued_at=time.time()))
     return True
+
+
+def enqueue_evaluation(settings: Settings, evaluation_id: str) -> None:
+    from worker.celery_app import EVAL_TASK
+
+    _celery_for(settings.resolved_broker_url, settings.queue, settings.broker_send_timeout).send_task(
+        EVAL_TASK, args=[evaluation_id], queue=settings.queue)

@@ -1,13 +1,13 @@
 """orchestration: job leases, lost attempts, enqueue time, estimated finish; idempotency keys
 
 Revision ID: 0002_orchestration
-Revises: 0001
+Revises: 0002_dataeval
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0002_orchestration"
-down_revision = "0001"
+down_revision = "0002_dataeval"  # the lead re-chains migrations at merge time
 branch_labels = None
 depends_on = None
 

@@ -83,3 +83,18 @@ def file_content(file_id: str, caller: Caller = CallerDep, session: Session = Se
     media = "text/csv" if row.storage_key.endswith(".csv") else "application/jsonl"
     return StreamingResponse(storage.iter_bytes(row.storage_key), media_type=media,
                              headers={"content-length": str(row.bytes)})
+
+
+# --- file validation (issue 9) ---
+from fastapi import Body  # noqa: E402
+
+from app.protocol.files import FileValidation, ValidateFileRequest  # noqa: E402
+
+
+@router.post("/{file_id}/validate", response_model=FileValidation)
+def validate_file(file_id: str, body: ValidateFileRequest = Body(default_factory=ValidateFileRequest),
+                  caller: Caller = CallerDep, session: Session = SessionDep, storage: LocalStorage = StorageDep,
+                  settings: Settings = SettingsDep) -> FileValidation:
+    """The `whetstone prepare-data` checks on a stored file (errors were already refused at upload)."""
+    return FileValidation(**service.validate_file(session, storage, settings, caller, file_id, model=body.model,
+                                                  max_tokens=body.max_tokens))
