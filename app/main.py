@@ -12,6 +12,7 @@ from app.api.routes import legacy as legacy_fine_tunes
 from app.api.routes import uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
+from app.services.event_bus import configure_publisher
 from app.services.inference import InferenceEngine
 from app.services.storage import LocalStorage
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.storage = LocalStorage(settings.storage_dir)
     app.state.engine = InferenceEngine(settings)
+    configure_publisher(settings)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.core.ids import now
@@ -85,8 +85,16 @@ class FineTuningJob(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Orchestration (worker/job_state.py): who holds the job and until when (unix seconds, float),
+    # runs lost to a dead worker, the last time a broker message was sent for it, the forecast end.
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lost_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     project: Mapped[Project] = relationship()
-    __table_args__ = (Index("ix_jobs_project_pk_pk", "project_pk", "pk"),)
+    __table_args__ = (Index("ix_jobs_project_pk_pk", "project_pk", "pk"),
+                      Index("ix_jobs_status", "status"))
 
 
 class JobEvent(Base):
@@ -124,6 +132,20 @@ class FineTunedModel(Base):
     base_model: Mapped[str] = mapped_column(String(256))
     adapter_path: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class IdempotencyKey(Base):
+    """A POST's `Idempotency-Key`: the same key returns the same object; a different body is refused."""
+
+    __tablename__ = "idempotency_keys"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    project_pk: Mapped[int] = mapped_column(ForeignKey("projects.pk", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    __table_args__ = (UniqueConstraint("project_pk", "scope", "key", name="uq_idempotency_keys_project_scope_key"),)
 
 
 # --- evaluations (issue 9) ---

@@ -53,6 +53,25 @@ def postgres_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A migrated database of the test's own: for tests whose workers' reapers would otherwise
+    pick up jobs that other tests left waiting in the session database."""
+    name = f"whetstone_own_{uuid.uuid4().hex[:10]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+    from app.cli import migrate_database
+
+    migrate_database(Settings(database_url=url))
+    yield url
+    from app.core.db import engine_for
+
+    engine_for(url).dispose()
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def redis_queue() -> Iterator[str]:
     queue = f"whetstone-test-{uuid.uuid4().hex[:8]}"

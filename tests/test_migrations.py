@@ -18,7 +18,8 @@ from app.models import Base
 from tests.conftest import POSTGRES_ADMIN, REPO
 
 TABLES = {"projects", "api_keys", "files", "fine_tuning_jobs", "job_events", "checkpoints", "fine_tuned_models",
-          "evaluations", "uploads", "upload_parts", "webhook_endpoints", "webhook_deliveries", "webhook_attempts"}
+          "evaluations", "uploads", "upload_parts", "webhook_endpoints", "webhook_deliveries", "webhook_attempts",
+          "idempotency_keys"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -19,11 +19,18 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_default_queue=settings.queue,
         task_acks_late=True,
+        # A job whose worker died is re-queued by the reaper from its lease, not by redelivery:
+        # a job that kills its worker every time then fails after max_attempts instead of looping.
+        task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1,  # a fresh process per job: GPU memory is freed between jobs
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.broker_send_timeout,
     )
+    if not settings.broker_is_embedded:
+        app.conf.broker_transport_options = {"visibility_timeout": settings.broker_visibility_timeout,
+                                             "socket_connect_timeout": settings.broker_send_timeout}
     return app
 
 

@@ -1,10 +1,10 @@
 """The job lifecycle, run by a worker for one job id.
 
-The database owns the job; the broker message is only a hint. Every status change is one
-conditional UPDATE from the status we expect, so a second delivery of the same id, a user's
-cancel racing the end of training, or a late write from a stale worker changes nothing.
-
-validating_files -> queued -> running -> succeeded | failed ; cancelled at any point by the user.
+The database owns the job; the broker message is only a hint. The worker first claims the job
+(one conditional UPDATE taking a lease), renews the lease from a heartbeat thread while it
+works, and writes nothing once the lease is gone (app/services/job_state.py). A job that a
+dead worker left behind is re-queued by the reaper (worker/reaper.py) and resumes from its last
+checkpoint; pause, and a worker's SIGTERM, checkpoint and hand the job back.
 """
 
 from __future__ import annotations
@@ -13,21 +13,27 @@ import csv
 import io
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
-from app.core.ids import new_id, now
+from app.core.ids import new_id, now, random_token
 from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
+from app.services import job_state as state
 from app.services.base_models import ensure_base_model
+from app.services.event_bus import configure_publisher
 from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name
+from app.services.queue import send_job
 from app.services.storage import LocalStorage
 from worker import legacy_results
+from worker import lifecycle  # noqa: F401 - connects the worker's signal handlers
 from worker.celery_app import TRAIN_TASK, app
 
 log = logging.getLogger("whetstone.worker")
@@ -40,57 +46,143 @@ class JobFailed(Exception):
         self.error = {"code": code, "message": message, "param": param}
 
 
-@app.task(name=TRAIN_TASK)
-def train_job(job_id: str) -> None:
-    run_job(get_settings(), job_id)
+@app.task(name=TRAIN_TASK, bind=True)
+def train_job(self, job_id: str) -> None:  # noqa: ANN001
+    run_job(get_settings(), job_id, node=self.request.hostname or "worker")
 
 
 class JobRun:
-    """Database side of one job's run: status moves, events, checkpoints, the result."""
+    """Database side of one job's run, as the holder of its lease: status moves, events,
+    checkpoints, the result. Every write checks the lease (fencing)."""
 
-    def __init__(self, settings: Settings, job: FineTuningJob, org: str) -> None:
+    def __init__(self, settings: Settings, job: FineTuningJob, org: str, owner: str) -> None:
         self.settings = settings
         self.url = settings.resolved_database_url
         self.job = job
+        self.owner = owner
         self.model_name = fine_tuned_model_name(job, org)
         self.workdir = settings.jobs_dir / job.id
         self.storage = LocalStorage(settings.storage_dir)
-        self._checked_at = 0.0
-        self._cancelled = False
+        self.lost = threading.Event()
+        self.handoff = threading.Event()  # set by SIGTERM: checkpoint and give the job back
+        self._stop_heartbeat = threading.Event()
+        self._status: tuple[float, str | None] = (0.0, None)
+        self._progress: tuple[float, int] | None = None
+        from worker.training import NullCallbacks
 
-    def move(self, expected: str, new: str, message: str | None = None, **values: Any) -> bool:
-        with session_scope(self.url) as session:
-            changed = session.execute(update(FineTuningJob).where(
-                FineTuningJob.pk == self.job.pk, FineTuningJob.status == expected).values(status=new, **values)).rowcount
-            if changed and message:
-                add_event(session, self.job.pk, message)
-        return bool(changed)
+        # A training loop without should_pause (older engine) is stopped instead; it resumes from
+        # the last epoch checkpoint.
+        self.loop_pauses = hasattr(NullCallbacks, "should_pause")
 
-    def event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None:
+    # --- the lease ---------------------------------------------------------------------------
+    def start_heartbeat(self) -> threading.Thread:
+        def beat() -> None:
+            while not self._stop_heartbeat.wait(self.settings.lease_seconds / 3):
+                try:
+                    with session_scope(self.url) as session:
+                        renewed = state.renew(session, self.job.pk, self.owner, self.settings.lease_seconds)
+                except Exception:  # noqa: BLE001 - a DB hiccup: try again next beat; the lease has slack
+                    log.exception("lease renewal failed for %s", self.job.id)
+                    continue
+                if not renewed:
+                    log.warning("job %s: lease lost; stopping", self.job.id)
+                    self.lost.set()
+                    return
+
+        thread = threading.Thread(target=beat, name=f"lease-{self.job.id}", daemon=True)
+        thread.start()
+        return thread
+
+    def release(self) -> None:
+        self._stop_heartbeat.set()
         with session_scope(self.url) as session:
+            state.release(session, self.job.pk, self.owner)
+            status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.pk == self.job.pk))
+        if status == "queued":  # resumed while we paused, or handed back: someone must pick it up
+            send_job(self.settings, self.job.id)
+
+    def move(self, new: str, expected: list[str], message: str | None = None, *, data: dict | None = None,
+             **values: Any) -> bool:
+        with session_scope(self.url) as session:
+            moved = state.transition(session, self.job.pk, new, expected=expected, owner=self.owner, **values)
+            if moved and message:
+                add_event(session, self.job.pk, message, data=data)
+        return moved
+
+    def status(self, max_age: float = 0.05) -> str | None:
+        """The job's status (None once another worker holds it), read at most every `max_age` s."""
+        at, status = self._status
+        if time.monotonic() - at > max_age:
+            with session_scope(self.url) as session:
+                row = session.execute(select(FineTuningJob.status, FineTuningJob.lease_owner)
+                                      .where(FineTuningJob.pk == self.job.pk)).one()
+            status = row.status if row.lease_owner == self.owner else None
+            self._status = (time.monotonic(), status)
+        return status
+
+    def event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None,
+              **job_values: Any) -> None:
+        with session_scope(self.url) as session:
+            state.hold(session, self.job.pk, self.owner)
+            if job_values:
+                session.execute(update(FineTuningJob).where(FineTuningJob.pk == self.job.pk).values(**job_values))
             add_event(session, self.job.pk, message, level=level, type=type, data=data)
 
-    # TrainingCallbacks
+    # --- TrainingCallbacks -------------------------------------------------------------------
     def on_event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None:
         if data and data.get("valid_loss") is not None:  # issue 9: perplexity beside each validation loss
             data = {**data, "valid_perplexity": math.exp(data["valid_loss"])}
-        self.event(message, type=type, level=level, data=data)
+        values = {}
+        if type == "metrics" and data and data.get("step") and data.get("total_steps"):
+            values["estimated_finish"] = self._estimate(int(data["step"]), int(data["total_steps"]))
+        self.event(message, type=type, level=level, data=data, **values)
+
+    def _estimate(self, step: int, total: int) -> int:
+        """Unix time the run should end, from the pace since the first step this run took."""
+        if self._progress is None:
+            self._progress = (time.time(), step)
+            return now()
+        started, first = self._progress
+        pace = (time.time() - started) / max(step - first, 1)
+        return int(time.time() + pace * (total - step))
 
     def should_stop(self) -> bool:
-        if not self._cancelled and time.monotonic() - self._checked_at > 1.0:
-            self._checked_at = time.monotonic()
-            with session_scope(self.url) as session:
-                status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.pk == self.job.pk))
-            self._cancelled = status != "running"
-        return self._cancelled
+        """Cancelled, failed elsewhere, or the lease lost: stop now, without a checkpoint."""
+        if self.lost.is_set():
+            return True
+        if not self.loop_pauses and self.should_pause():
+            return True
+        status = self.status()
+        return status is None or status in state.TERMINAL
+
+    def should_pause(self) -> bool:
+        """Paused by the user, or the worker is shutting down: checkpoint, then give the job back."""
+        if self.handoff.is_set() and self.status() == "running":
+            self.move("queued", ["running"], "The worker is shutting down: the job is checkpointed and goes back "
+                      "to the queue")
+            self._status = (0.0, None)
+        return self.status() in ("paused", "queued")
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None:
         with session_scope(self.url) as session:
+            state.hold(session, self.job.pk, self.owner)
+            model_id = f"{self.model_name}:ckpt-step-{step}"
+            row = session.scalar(select(Checkpoint).where(Checkpoint.model_id == model_id))
+            if row is not None:  # the same step again after a resume: point at the newest files
+                row.adapter_path, row.metrics = str(path), {k: v for k, v in metrics.items() if v is not None}
+                return
             session.add(Checkpoint(id=new_id("ftckpt"), job_pk=self.job.pk, step_number=step,
                                    metrics={k: v for k, v in metrics.items() if v is not None},
-                                   model_id=f"{self.model_name}:ckpt-step-{step}", adapter_path=str(path)))
-            add_event(session, self.job.pk, f"Checkpoint created at step {step}")
+                                   model_id=model_id, adapter_path=str(path)))
+            add_event(session, self.job.pk, f"Checkpoint created at step {step}", data={"step": step})
 
+    def on_checkpoint_removed(self, step: int, path: Path) -> None:
+        """The engine keeps the last few checkpoints (and the best); the list follows it."""
+        with session_scope(self.url) as session:
+            state.hold(session, self.job.pk, self.owner)
+            session.execute(delete(Checkpoint).where(Checkpoint.job_pk == self.job.pk, Checkpoint.step_number == step))
+
+    # --- data and results --------------------------------------------------------------------
     def data_path(self, file_id: str, param: str) -> tuple[Path, int]:
         """The stored file and its example count (checked line by line when it was uploaded)."""
         with session_scope(self.url) as session:
@@ -98,6 +190,17 @@ class JobRun:
         if row is None or not self.storage.path(row.storage_key).is_file():
             raise JobFailed(f"invalid_{param}", f"The {param} {file_id} no longer exists.", param)
         return self.storage.path(row.storage_key), row.n_examples or 0
+
+    def last_checkpoint(self) -> tuple[int, Path] | None:
+        """The newest checkpoint whose files are still on disk."""
+        with session_scope(self.url) as session:
+            rows = session.execute(select(Checkpoint.step_number, Checkpoint.adapter_path)
+                                   .where(Checkpoint.job_pk == self.job.pk)
+                                   .order_by(Checkpoint.step_number.desc())).all()
+        for step, path in rows:
+            if Path(path).is_dir():
+                return step, Path(path)
+        return None
 
     def results_file(self, metrics: list[dict], legacy_classification: dict | None = None) -> str:
         if self.job.legacy is not None:  # a legacy fine-tune: the legacy columns
@@ -126,18 +229,16 @@ class JobRun:
             w.write(content)
             w.commit()
         with session_scope(self.url) as session:
+            state.hold(session, self.job.pk, self.owner)
             session.add(File(id=file_id, project_pk=self.job.project_pk, filename="step_metrics.csv",
                              purpose="fine-tune-results", bytes=len(content), storage_key=key))
         return file_id
 
     def succeed(self, adapter_dir: Path, trained_tokens: int, result_file: str) -> bool:
         with session_scope(self.url) as session:
-            changed = session.execute(update(FineTuningJob).where(
-                FineTuningJob.pk == self.job.pk, FineTuningJob.status == "running").values(
-                status="succeeded", fine_tuned_model=self.model_name, trained_tokens=trained_tokens,
-                finished_at=now(), result_files=[result_file])).rowcount
-            if not changed:
-                session.rollback()
+            if not state.transition(session, self.job.pk, "succeeded", expected=["running"], owner=self.owner,
+                                    fine_tuned_model=self.model_name, trained_tokens=trained_tokens,
+                                    finished_at=now(), result_files=[result_file], estimated_finish=None):
                 return False
             session.add(FineTunedModel(id=self.model_name, project_pk=self.job.project_pk, job_pk=self.job.pk,
                                        base_model=self.job.model, adapter_path=str(adapter_dir)))
@@ -147,59 +248,123 @@ class JobRun:
 
     def fail(self, error: dict) -> None:
         with session_scope(self.url) as session:
-            changed = session.execute(update(FineTuningJob).where(
-                FineTuningJob.pk == self.job.pk, FineTuningJob.status.in_(["validating_files", "queued", "running"]))
-                .values(status="failed", finished_at=now(), error=error)).rowcount
-            if changed:
+            if state.transition(session, self.job.pk, "failed", owner=self.owner, finished_at=now(), error=error,
+                                estimated_finish=None):
                 add_event(session, self.job.pk, f"Fine-tuning job failed: {error['message']}", level="error")
 
 
-def run_job(settings: Settings, job_id: str) -> None:
+def run_job(settings: Settings, job_id: str, node: str = "worker") -> None:
+    """Claim the job and run it; a message for a job someone else holds, or that is done, is a no-op."""
+    owner = f"{node}/{random_token(12)}"
+    configure_publisher(settings)
     with session_scope(settings.resolved_database_url) as session:
         job = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id))
         if job is None:
             log.warning("job %s does not exist; dropping the message", job_id)
             return
         org = job.project.name
-    if job.status != "validating_files":
-        log.info("job %s is %s; nothing to do (redelivered message)", job_id, job.status)
+        claimed = state.claim(session, job.pk, owner, settings.lease_seconds)
+    if not claimed:
+        log.warning("job %s is %s or held by another worker; nothing to do (redelivered message)", job_id, job.status)
         return
-    run = JobRun(settings, job, org)
+    with session_scope(settings.resolved_database_url) as session:  # fresh: the status as claimed
+        job = session.scalar(select(FineTuningJob).where(FineTuningJob.pk == job.pk))
+        job.project  # noqa: B018 - loaded while the session is open
+    run = JobRun(settings, job, org, owner)
+    run.start_heartbeat()
+    previous = _on_sigterm(run)
     try:
         _run(run)
+    except state.LeaseLost:
+        log.warning("job %s: lease lost to another worker; this run's results are dropped", job_id)
     except JobFailed as exc:
         run.fail(exc.error)
     except Exception as exc:  # the user sees a clear error; the log keeps the trace
         log.exception("job %s failed", job_id)
         run.fail({"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"[:1000], "param": None})
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        run.release()
+        wake_next(settings, job.project_pk)
 
 
-def _run(run: JobRun) -> None:
-    from worker.training import TrainingConfig, resolve_hyperparameters, train
+def _on_sigterm(run: JobRun) -> Any:
+    """In the process running the job, SIGTERM asks for a checkpoint and a hand-back instead of death."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda *_: run.handoff.set())
+
+
+def wake_next(settings: Settings, project_pk: int) -> None:
+    """A slot may be free: send the oldest job of the project that waits in `queued` for one."""
+    with session_scope(settings.resolved_database_url) as session:
+        job_id = session.scalar(select(FineTuningJob.id).where(
+            FineTuningJob.project_pk == project_pk, FineTuningJob.status == "queued",
+            FineTuningJob.lease_owner.is_(None)).order_by(FineTuningJob.pk).limit(1))
+    if job_id:
+        send_job(settings, job_id)
+
+
+def _validate(run: JobRun) -> tuple[Any, dict, Path, Path | None]:
+    from worker.training import resolve_hyperparameters
     from worker.training.config import training_options
 
-    job = run.job
-    run.event(f"Validating training file: {job.training_file}")
+    job, first = run.job, run.job.status == "validating_files"
+    if first:
+        run.event(f"Validating training file: {job.training_file}")
     training_path, n_examples = run.data_path(job.training_file, "training_file")
     if n_examples < MIN_EXAMPLES:
         raise JobFailed("invalid_training_file", too_few_message(n_examples), "training_file")
     validation_path = None
     if job.validation_file:
-        run.event(f"Validating validation file: {job.validation_file}")
+        if first:
+            run.event(f"Validating validation file: {job.validation_file}")
         validation_path, _ = run.data_path(job.validation_file, "validation_file")
     try:
         hyper = resolve_hyperparameters(job.hyperparameters, n_examples)
         options = training_options(job.hyperparameters)
     except ValueError as exc:
         raise JobFailed("invalid_hyperparameters", str(exc), "hyperparameters") from None
-    resolved = {**job.hyperparameters, "n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
-                "learning_rate_multiplier": hyper.learning_rate_multiplier}
-    if not run.move("validating_files", "queued", "Files validated, moving job to queued state",
-                    resolved_hyperparameters=resolved):
-        return
-    if not run.move("queued", "running", "Fine-tuning job started", started_at=now()):
-        return
-    base_dir = ensure_base_model(run.settings, job.model)
+    return hyper, options, training_path, validation_path
+
+
+def _run(run: JobRun) -> None:
+    from worker.training import TrainingConfig, train
+
+    job, settings = run.job, run.settings
+    hyper, options, training_path, validation_path = _validate(run)
+    if job.status == "validating_files":
+        resolved = {**job.hyperparameters, "n_epochs": hyper.n_epochs, "batch_size": hyper.batch_size,
+                    "learning_rate_multiplier": hyper.learning_rate_multiplier}
+        if not run.move("queued", ["validating_files"], "Files validated, moving job to queued state",
+                        resolved_hyperparameters=resolved):
+            return
+    with session_scope(run.url) as session:
+        started = state.start_running(session, job, run.owner, settings.max_running_jobs_per_project,
+                                      started_at=job.started_at or now())
+        if not started:
+            status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.pk == job.pk))
+            if status == "queued":
+                state.hold(session, job.pk, run.owner)
+                position = state.queue_position(session, job.pk)
+                add_event(session, job.pk, f"Waiting for a slot: the project already runs "
+                          f"{settings.max_running_jobs_per_project} job(s); queue position {position}",
+                          data={"queue_position": position})
+                session.execute(update(FineTuningJob).where(FineTuningJob.pk == job.pk)
+                                .values(enqueued_at=time.time()))
+            return
+        resume = run.last_checkpoint()
+        if resume:
+            add_event(session, job.pk, f"Fine-tuning job resumed from the checkpoint at step {resume[0]}",
+                      data={"step": resume[0]})
+        else:
+            add_event(session, job.pk, "Fine-tuning job started")
+    base_dir = ensure_base_model(settings, job.model)
+    if resume:
+        options["resume_from"] = resume[1]
+    if settings.checkpoint_every and "checkpoint_every" not in options:
+        options["checkpoint_every"] = settings.checkpoint_every
     config = TrainingConfig(
         base_model_dir=base_dir, training_file=training_path, validation_file=validation_path,
         output_dir=run.workdir / "adapter", checkpoint_dir=run.workdir / "checkpoints",
@@ -207,7 +372,12 @@ def _run(run: JobRun) -> None:
     )
     result = train(config, run)
     if result.stopped:
-        run.event("Training stopped: the job is no longer running")
+        status = run.status(max_age=0)
+        if status == "paused":
+            run.event(f"Fine-tuning job paused at step {result.steps}; resume continues from the last checkpoint",
+                      data={"step": result.steps}, estimated_finish=None)
+        elif status in state.TERMINAL:
+            run.event("Training stopped: the job is no longer running")
         return
     report_best_checkpoint(run, result.metrics)
     classification = None

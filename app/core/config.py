@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     inference_load_wait_seconds: float = 30.0
     # When set (e.g. http://inference:8001), the API proxies completions and chat to it.
     inference_url: str = ""
-    # Seconds between DB polls for SSE followers.
+    # Seconds between DB polls for SSE followers when no Redis pushes events (embedded).
     events_poll_interval: float = 0.5
     # Uploads API (/v1/uploads): the file may exceed max_upload_bytes, each part may not.
     max_upload_part_bytes: int = 64 << 20
@@ -45,6 +45,26 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = 5.0
     webhook_max_attempts: int = 8
     webhook_timeout_seconds: float = 10.0
+    # -- job orchestration (issue 14) --
+    # Redis for live event push (empty: the broker's, when it is Redis); SSE keep-alive comment period.
+    events_redis_url: str = ""
+    events_heartbeat: float = 15.0
+    # Job orchestration (app/services/job_state.py, worker/reaper.py). A running job's worker renews
+    # its lease every lease_seconds/3; a lease left to expire hands the job to another worker.
+    lease_seconds: float = 30.0
+    reap_interval: float = 5.0
+    # Runs lost to a dead worker before the job fails with error.code "max_attempts_exceeded".
+    max_attempts: int = 3
+    # A waiting job whose last broker message is older than this gets a new one (lost messages).
+    requeue_after: float = 300.0
+    # Jobs of one project running at once (0: no limit); the others wait in `queued`.
+    max_running_jobs_per_project: int = 4
+    # Optimizer steps between resumable checkpoints (besides one per epoch); 0: epoch ends only.
+    checkpoint_every: int = 0
+    # Redis broker: seconds before an unacknowledged message is handed to another worker.
+    broker_visibility_timeout: float = 3600.0
+    # Seconds to wait for the broker when the API sends a job id.
+    broker_send_timeout: float = 5.0
 
     @property
     def resolved_data_dir(self) -> Path:

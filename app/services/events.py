@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.ids import new_id
 from app.models import JobEvent
 from app.protocol.fine_tuning import JobEvent as JobEventWire
+from app.services.event_bus import note_event
 
 
 def add_event(session: Session, job_pk: int, message: str, *, level: str = "info", type: str = "message",
               data: dict[str, Any] | None = None) -> JobEvent:
+    prev = session.scalar(select(func.max(JobEvent.pk)).where(JobEvent.job_pk == job_pk))
     row = JobEvent(id=new_id("ftevent"), job_pk=job_pk, message=message, level=level, type=type, data=data)
     session.add(row)
+    note_event(session, row, prev)
     return row
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
@@ -17,9 +17,10 @@ from app.protocol.fine_tuning import CreateJobRequest, Hyperparameters, JobCheck
 from app.protocol.fine_tuning import FineTuningJob as FineTuningJobWire
 from app.services.base_models import find_base_model
 from app.services.files import get_file
+from app.services import job_state as state
 from app.services.events import add_event
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = state.TERMINAL
 
 
 def short_id(job_id: str) -> str:
@@ -39,7 +40,7 @@ def to_wire(job: FineTuningJob) -> FineTuningJobWire:
         id=job.id, created_at=job.created_at, error=JobError(**job.error) if job.error else None,
         fine_tuned_model=job.fine_tuned_model, finished_at=job.finished_at, hyperparameters=hyper,
         model=job.model, organization_id=job.project.id, result_files=list(job.result_files or []),
-        status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
+        status=job.status, estimated_finish=job.estimated_finish, trained_tokens=job.trained_tokens, training_file=job.training_file,
         validation_file=job.validation_file, seed=job.seed,
         method={"type": "supervised", "supervised": {"hyperparameters": hyper}}, metadata=job.job_metadata,
     )
@@ -116,25 +117,48 @@ def list_jobs(session: Session, caller: Caller, *, limit: int, after: str | None
 def cancel_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
     job = get_job(session, caller, job_id)
     # One conditional UPDATE: a worker finishing at the same moment cannot be overwritten, nor overwrite us.
-    changed = session.execute(
-        update(FineTuningJob).where(FineTuningJob.pk == job.pk, FineTuningJob.status.not_in(TERMINAL))
-        .values(status="cancelled", finished_at=now())
-    ).rowcount
-    if not changed:
+    # The worker sees `cancelled` before its next optimizer step and stops.
+    if not state.transition(session, job.pk, "cancelled", finished_at=now(), estimated_finish=None):
         session.refresh(job)
-        raise APIError(400, f"Job {job.id} has already {job.status} and cannot be cancelled.", param="fine_tuning_job_id",
-                       code="job_not_cancellable")
+        raise APIError(400, f"Job {job.id} has already {job.status} and cannot be cancelled.",
+                       param="fine_tuning_job_id", code="job_not_cancellable")
     add_event(session, job.pk, "Fine-tuning job cancelled by the user")
     session.flush()
     session.refresh(job)
     return job
 
 
-def mark_enqueue_failed(session: Session, job: FineTuningJob, reason: str) -> None:
-    session.execute(update(FineTuningJob).where(FineTuningJob.pk == job.pk, FineTuningJob.status.not_in(TERMINAL))
-                    .values(status="failed", finished_at=now(),
-                            error={"code": "queue_unavailable", "message": reason, "param": None}))
-    add_event(session, job.pk, f"Could not queue the job: {reason}", level="error")
+def pause_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
+    """running/queued -> paused. A running job's worker sees it before its next step, saves a
+    checkpoint there and frees itself; resume continues from that checkpoint."""
+    job = get_job(session, caller, job_id)
+    if not state.transition(session, job.pk, "paused", expected=["validating_files", "queued", "running"],
+                            estimated_finish=None):
+        session.refresh(job)
+        raise APIError(400, f"Job {job.id} is {job.status} and cannot be paused.", param="fine_tuning_job_id",
+                       code="job_not_pausable")
+    add_event(session, job.pk, "Fine-tuning job paused by the user")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def resume_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
+    """paused -> queued; the caller sends the job to the workers after the commit."""
+    job = get_job(session, caller, job_id)
+    if not state.transition(session, job.pk, "queued", expected=["paused"], enqueued_at=None):
+        session.refresh(job)
+        raise APIError(400, f"Job {job.id} is {job.status}; only a paused job can be resumed.",
+                       param="fine_tuning_job_id", code="job_not_resumable")
+    add_event(session, job.pk, "Fine-tuning job resumed by the user; it continues from its last checkpoint")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def queued_event(session: Session, job: FineTuningJob) -> None:
+    position = state.queue_position(session, job.pk)
+    add_event(session, job.pk, f"Job is at position {position} in the queue", data={"queue_position": position})
 
 
 def checkpoint_to_wire(row: Checkpoint, job: FineTuningJob) -> JobCheckpoint:

@@ -48,7 +48,10 @@ def test_create_job_is_stored_queued_and_openai_shaped(api, settings, training_f
 
     events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()
     assert_matches(events, "ListFineTuningJobEventsResponse")
-    assert [e["message"] for e in events["data"]] == [f"Created fine-tuning job: {job['id']}"]
+    created, queued = reversed(events["data"])
+    assert created["message"] == f"Created fine-tuning job: {job['id']}"
+    position = queued["data"]["queue_position"]
+    assert position >= 1 and queued["message"] == f"Job is at position {position} in the queue"
 
 
 def test_hyperparameters_in_method_are_kept(api, training_file):
@@ -131,7 +134,9 @@ def test_events_stream_of_a_finished_job_ends_with_done_and_resumes_by_id(api, t
     events = [json.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames[:-1]]
     for event in events:
         assert_matches(event, "FineTuningJobEvent")
-    assert [e["message"] for e in events] == [f"Created fine-tuning job: {job_id}", "Fine-tuning job cancelled by the user"]
+    assert [e["message"] for e in events] == [f"Created fine-tuning job: {job_id}", events[1]["message"],
+                                              "Fine-tuning job cancelled by the user"]
+    assert events[1]["message"] == f"Job is at position {events[1]['data']['queue_position']} in the queue"
     assert ids == sorted(ids)
     resumed = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"stream": "true"},
                       headers={"Last-Event-ID": str(ids[0])})
@@ -144,5 +149,7 @@ def test_events_pagination_with_after(api, training_file):
     first = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1}).json()
     assert first["has_more"] is True and len(first["data"]) == 1
     second = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1, "after": first["data"][0]["id"]}).json()
-    assert second["has_more"] is False
-    assert second["data"][0]["message"].startswith("Created fine-tuning job")
+    assert second["has_more"] is True and second["data"][0]["message"].startswith("Job is at position")
+    third = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1, "after": second["data"][0]["id"]}).json()
+    assert third["has_more"] is False
+    assert third["data"][0]["message"].startswith("Created fine-tuning job")

@@ -37,7 +37,10 @@ def process(env: dict[str, str], args: list[str], log: Path) -> Iterator[subproc
     try:
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:  # the test already stopped it (and everything it started)
+            return
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -102,9 +102,9 @@ def legacy_examples(n: int) -> list[dict]:
             for e in pirate_chat_examples(n)]
 
 
-def test_postgres_redis_and_a_separate_worker(tmp_path, base_models_dir, postgres_url, redis_queue):
+def test_postgres_redis_and_a_separate_worker(tmp_path, base_models_dir, fresh_postgres_url, redis_queue):
     env = {**os.environ, "WHETSTONE_DATA_DIR": str(tmp_path / "data"), "WHETSTONE_BASE_MODELS_DIR": str(base_models_dir),
-           "WHETSTONE_DATABASE_URL": postgres_url, "WHETSTONE_BROKER_URL": "redis://127.0.0.1:6379/0",
+           "WHETSTONE_DATABASE_URL": fresh_postgres_url, "WHETSTONE_BROKER_URL": "redis://127.0.0.1:6379/0",
            "WHETSTONE_QUEUE": f"{redis_queue}-e2e"}
     key = cli(env, "keys", "create", "--project", f"acme{uuid.uuid4().hex[:6]}")
     with server(env, tmp_path / "serve.log", "--no-worker") as base_url, \

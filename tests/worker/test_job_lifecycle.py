@@ -44,6 +44,8 @@ def test_job_trains_to_a_fine_tuned_model(api, settings):
     assert done["hyperparameters"] == {"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 1.0}
 
     log = messages(api, job["id"])
+    assert log[1].startswith("Job is at position")
+    del log[1]
     assert log[:4] == [f"Created fine-tuning job: {job['id']}", f"Validating training file: {job['training_file']}",
                        f"Validating validation file: {job['validation_file']}",
                        "Files validated, moving job to queued state"]

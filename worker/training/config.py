@@ -165,6 +165,10 @@ LR_SCHEDULERS = ("linear", "cosine", "constant")
 BATCHING = ("packed", "padded")
 
 
+LR_SCHEDULERS = ("linear", "cosine", "constant")
+BATCHING = ("packed", "padded")
+
+
 @dataclass
 class TrainingConfig:
     """Everything one training run needs; paths are local.

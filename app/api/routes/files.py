@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, StorageDep
@@ -13,6 +14,7 @@ from app.core.config import Settings
 from app.protocol.common import ListResponse
 from app.protocol.files import FileDeleted, FileObject
 from app.services import files as service
+from app.services import idempotency
 from app.services.storage import LocalStorage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -26,9 +28,24 @@ def upload_file(
     session: Session = SessionDep,
     storage: LocalStorage = StorageDep,
     settings: Settings = SettingsDep,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ) -> FileObject:
+    key = idempotency.check_key(idempotency_key)
+    if key:  # same key and same upload: the file stored the first time
+        body_hash = idempotency.upload_digest(file.file, file.filename or "", purpose)
+        existing = idempotency.lookup(session, caller, "file", key, body_hash)
+        if existing:
+            return service.to_wire(service.get_file(session, caller, existing))
     row = service.create_file(session, storage, caller, upload=file.file, filename=file.filename or "",
                               purpose=purpose, max_bytes=settings.max_upload_bytes)
+    if key:
+        try:
+            idempotency.remember(session, caller, "file", key, body_hash, row.id)
+        except IntegrityError:  # a concurrent retry with this key stored its file first: answer with that one
+            session.rollback()
+            storage.delete(row.storage_key)
+            return service.to_wire(service.get_file(session, caller,
+                                                    idempotency.lookup(session, caller, "file", key, body_hash)))
     return service.to_wire(row)
 
 

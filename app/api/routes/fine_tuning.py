@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
@@ -15,10 +17,11 @@ from app.core.errors import APIError
 from app.protocol.common import ListResponse
 from app.protocol.fine_tuning import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
 from app.services import events as event_service
+from app.services import idempotency
 from app.services import jobs as service
 from app.services.event_stream import follow_job_events
 from app.services.job_metadata import metadata_filter
-from app.services.queue import enqueue_training
+from app.services.queue import send_job
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 log = logging.getLogger("whetstone.jobs")
@@ -26,25 +29,31 @@ log = logging.getLogger("whetstone.jobs")
 
 @router.post("", response_model=FineTuningJob)
 def create_job(body: CreateJobRequest, request: Request, caller: Caller = CallerDep,
-               settings: Settings = SettingsDep) -> FineTuningJob:
+               settings: Settings = SettingsDep,
+               idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> FineTuningJob:
     url = settings.resolved_database_url
-    with session_scope(url) as session:
-        job = service.create_job(session, settings, caller, body)
-    enqueue_or_fail(settings, caller, job.id)
+    key = idempotency.check_key(idempotency_key)
+    body_hash = idempotency.digest([json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()])
+    try:
+        with session_scope(url) as session:
+            existing = key and idempotency.lookup(session, caller, "fine_tuning.job", key, body_hash)
+            if existing:
+                return service.to_wire(service.get_job(session, caller, existing))
+            job = service.create_job(session, settings, caller, body)
+            service.queued_event(session, job)
+            if key:
+                idempotency.remember(session, caller, "fine_tuning.job", key, body_hash, job.id)
+    except IntegrityError:  # the same key, committed by a concurrent retry a moment ago
+        with session_scope(url) as session:
+            existing = key and idempotency.lookup(session, caller, "fine_tuning.job", key, body_hash)
+            if not existing:
+                raise
+            return service.to_wire(service.get_job(session, caller, existing))
+    # Only after the commit: a worker that picks the id up must find the row. With the broker down
+    # the job stays stored and waiting; the workers' reaper sends it once the broker is back.
+    send_job(settings, job.id)
     with session_scope(url) as session:
         return service.to_wire(service.get_job(session, caller, job.id))
-
-
-def enqueue_or_fail(settings: Settings, caller: Caller, job_id: str) -> None:
-    """Call only after the job's row is committed: a worker that picks the id up must find it."""
-    try:
-        enqueue_training(settings, job_id)
-    except Exception as exc:  # broker down: the job cannot run, say so rather than leave it hanging
-        log.exception("enqueue failed for %s", job_id)
-        with session_scope(settings.resolved_database_url) as session:
-            service.mark_enqueue_failed(session, service.get_job(session, caller, job_id), str(exc))
-        raise APIError(503, "The job queue is unavailable; the job was not started. Please retry.",
-                       type="server_error", code="queue_unavailable") from None
 
 
 @router.get("", response_model=ListResponse[FineTuningJob])
@@ -65,6 +74,20 @@ def cancel_job(job_id: str, caller: Caller = CallerDep, session: Session = Sessi
     return service.to_wire(service.cancel_job(session, caller, job_id))
 
 
+@router.post("/{job_id}/pause", response_model=FineTuningJob)
+def pause_job(job_id: str, caller: Caller = CallerDep, session: Session = SessionDep) -> FineTuningJob:
+    return service.to_wire(service.pause_job(session, caller, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=FineTuningJob)
+def resume_job(job_id: str, caller: Caller = CallerDep, settings: Settings = SettingsDep) -> FineTuningJob:
+    with session_scope(settings.resolved_database_url) as session:
+        job = service.resume_job(session, caller, job_id)
+    send_job(settings, job.id)
+    with session_scope(settings.resolved_database_url) as session:
+        return service.to_wire(service.get_job(session, caller, job_id))
+
+
 @router.get("/{job_id}/events", response_model=ListResponse[JobEvent])
 def list_events(
     request: Request,
@@ -74,24 +97,25 @@ def list_events(
     stream: bool = False,
     last_event_id: str | None = Header(None),
     caller: Caller = CallerDep,
-    session: Session = SessionDep,
+    settings: Settings = SettingsDep,
 ):
-    job = service.get_job(session, caller, job_id)
-    if stream:
-        since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        settings: Settings = request.app.state.settings
-        return StreamingResponse(
-            follow_job_events(settings, job.pk, since, request.is_disconnected),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
-    after_pk = None
-    if after:
-        after_pk = event_service.event_pk(session, job.pk, after)
-        if after_pk is None:
-            raise APIError(404, f"No such event: '{after}'", param="after")
-    rows, has_more = event_service.events_newest_first(session, job.pk, limit=limit, after_pk=after_pk)
-    return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
+    # A short session of its own: a follower must not hold a database connection while it streams.
+    with session_scope(settings.resolved_database_url) as session:
+        job = service.get_job(session, caller, job_id)
+        if not stream:
+            after_pk = None
+            if after:
+                after_pk = event_service.event_pk(session, job.pk, after)
+                if after_pk is None:
+                    raise APIError(404, f"No such event: '{after}'", param="after")
+            rows, has_more = event_service.events_newest_first(session, job.pk, limit=limit, after_pk=after_pk)
+            return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
+    since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    return StreamingResponse(
+        follow_job_events(settings, job.pk, since, request.is_disconnected),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListResponse[JobCheckpoint])

@@ -10,13 +10,13 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
-from app.api.routes.fine_tuning import enqueue_or_fail
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.protocol.legacy import CreateFineTuneRequest, FineTune, FineTuneEventList, FineTuneList
 from app.services import jobs as job_service
 from app.services import legacy as service
 from app.services.event_stream import follow_job_events
+from app.services.queue import send_job
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["legacy fine-tunes"])
 
@@ -26,7 +26,8 @@ def create_fine_tune(body: CreateFineTuneRequest, caller: Caller = CallerDep,
                      settings: Settings = SettingsDep) -> FineTune:
     with session_scope(settings.resolved_database_url) as session:
         job = service.create_fine_tune(session, settings, caller, body)
-    enqueue_or_fail(settings, caller, job.id)
+        job_service.queued_event(session, job)
+    send_job(settings, job.id)  # after the commit; with the broker down the reaper sends it later
     with session_scope(settings.resolved_database_url) as session:
         return service.to_wire(session, caller, service.get_fine_tune(session, caller, job.id), with_events=True)
 

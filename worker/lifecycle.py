@@ -1,0 +1,52 @@
+"""The Celery worker's own lifecycle (the parent process, not the pool child running a job).
+
+- Ready: start the reaper (worker/reaper.py) in a process of its own; it exits with the worker.
+- Warm shutdown (SIGTERM, as `docker stop` and Kubernetes send it): pass SIGTERM to the pool
+  child running a job; the job saves a checkpoint before its next optimizer step and goes back
+  to the queue (worker/tasks.py), and the warm shutdown waits for that, then the next worker
+  continues the job from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from billiard.process import active_children
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+
+log = logging.getLogger("whetstone.worker")
+_reaper: list[subprocess.Popen] = []
+
+
+@worker_ready.connect
+def start_reaper(**_: object) -> None:
+    _reaper.append(subprocess.Popen([sys.executable, "-m", "worker.reaper", "--parent", str(os.getpid())]))
+
+
+@worker_process_init.connect
+def ignore_sigterm_in_pool_process(**_: object) -> None:
+    """A pool process finishes what it runs (an evaluation, say) on warm shutdown; a training job
+    installs its own SIGTERM handler (worker/tasks.py) that checkpoints and hands the job back."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@worker_shutting_down.connect
+def hand_back_running_jobs(sig: str = "", how: str = "", **_: object) -> None:
+    if how != "Warm":
+        return
+    for child in active_children():
+        log.info("warm shutdown: asking pool process %s to checkpoint its job and hand it back", child.pid)
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+@worker_shutdown.connect
+def stop_reaper(**_: object) -> None:
+    for proc in _reaper:
+        proc.terminate()
