@@ -13,7 +13,7 @@ from app.api.routes import uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.services.inference import InferenceEngine
-from app.services.storage import LocalStorage
+from app.services.storage import storage_for
 
 
 def _background_senders(settings: Settings):
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Whetstone", version="0.1.0", description="Self-hosted fine-tuning, OpenAI-compatible API",
                   lifespan=_background_senders(settings))
     app.state.settings = settings
-    app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.storage = storage_for(settings, "files")
     app.state.engine = InferenceEngine(settings)
 
     @app.middleware("http")

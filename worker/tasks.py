@@ -26,7 +26,7 @@ from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
 from app.services.base_models import ensure_base_model
 from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name
-from app.services.storage import LocalStorage
+from app.services.storage import storage_for
 from worker import legacy_results
 from worker.celery_app import TRAIN_TASK, app
 
@@ -54,7 +54,8 @@ class JobRun:
         self.job = job
         self.model_name = fine_tuned_model_name(job, org)
         self.workdir = settings.jobs_dir / job.id
-        self.storage = LocalStorage(settings.storage_dir)
+        self.storage = storage_for(settings, "files")  # uploads and results
+        self.jobs = storage_for(settings, "jobs")  # adapters and checkpoints, shared with the API
         self._checked_at = 0.0
         self._cancelled = False
 
@@ -85,19 +86,23 @@ class JobRun:
         return self._cancelled
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None:
+        ref = self.jobs.publish_dir(f"{self.job.id}/checkpoints/{path.name}", path)  # before the row names it
         with session_scope(self.url) as session:
             session.add(Checkpoint(id=new_id("ftckpt"), job_pk=self.job.pk, step_number=step,
                                    metrics={k: v for k, v in metrics.items() if v is not None},
-                                   model_id=f"{self.model_name}:ckpt-step-{step}", adapter_path=str(path)))
+                                   model_id=f"{self.model_name}:ckpt-step-{step}", adapter_path=ref))
             add_event(session, self.job.pk, f"Checkpoint created at step {step}")
 
     def data_path(self, file_id: str, param: str) -> tuple[Path, int]:
         """The stored file and its example count (checked line by line when it was uploaded)."""
         with session_scope(self.url) as session:
             row = session.scalar(select(File).where(File.id == file_id, File.project_pk == self.job.project_pk))
-        if row is None or not self.storage.path(row.storage_key).is_file():
-            raise JobFailed(f"invalid_{param}", f"The {param} {file_id} no longer exists.", param)
-        return self.storage.path(row.storage_key), row.n_examples or 0
+        try:
+            if row is None:
+                raise FileNotFoundError(file_id)
+            return self.storage.local_path(row.storage_key), row.n_examples or 0
+        except FileNotFoundError:
+            raise JobFailed(f"invalid_{param}", f"The {param} {file_id} no longer exists.", param) from None
 
     def results_file(self, metrics: list[dict], legacy_classification: dict | None = None) -> str:
         if self.job.legacy is not None:  # a legacy fine-tune: the legacy columns
@@ -130,7 +135,7 @@ class JobRun:
                              purpose="fine-tune-results", bytes=len(content), storage_key=key))
         return file_id
 
-    def succeed(self, adapter_dir: Path, trained_tokens: int, result_file: str) -> bool:
+    def succeed(self, adapter_ref: str, trained_tokens: int, result_file: str) -> bool:
         with session_scope(self.url) as session:
             changed = session.execute(update(FineTuningJob).where(
                 FineTuningJob.pk == self.job.pk, FineTuningJob.status == "running").values(
@@ -140,7 +145,7 @@ class JobRun:
                 session.rollback()
                 return False
             session.add(FineTunedModel(id=self.model_name, project_pk=self.job.project_pk, job_pk=self.job.pk,
-                                       base_model=self.job.model, adapter_path=str(adapter_dir)))
+                                       base_model=self.job.model, adapter_path=adapter_ref))
             add_event(session, self.job.pk, f"New fine-tuned model created: {self.model_name}")
             add_event(session, self.job.pk, "The job has successfully completed")
         return True
@@ -216,7 +221,8 @@ def _run(run: JobRun) -> None:
         classification = legacy_results.classification_metrics(base_dir, result.adapter_dir, validation_path,
                                                                 job.legacy, config.max_seq_len)
     result_file = run.results_file(result.metrics, classification)
-    run.succeed(result.adapter_dir, result.trained_tokens, result_file)
+    adapter_ref = run.jobs.publish_dir(f"{job.id}/adapter", result.adapter_dir)
+    run.succeed(adapter_ref, result.trained_tokens, result_file)
 
 
 def report_best_checkpoint(run: JobRun, metrics: list[dict]) -> None:

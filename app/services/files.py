@@ -12,7 +12,7 @@ from app.core.errors import APIError, invalid, not_found
 from app.core.ids import new_id
 from app.models import File
 from app.protocol.files import FileObject
-from app.services.storage import CHUNK, LocalStorage
+from app.services.storage import CHUNK, Storage
 from worker.training.validation import InvalidExample, validate_lines
 
 PURPOSES = {"fine-tune"}
@@ -40,7 +40,7 @@ def _lines(source: BinaryIO, sink, limit: int):
         yield pending
 
 
-def create_file(session: Session, storage: LocalStorage, caller: Caller, *, upload: BinaryIO,
+def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
                 filename: str, purpose: str, max_bytes: int) -> File:
     if purpose not in PURPOSES:
         raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
@@ -95,7 +95,7 @@ def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: 
     return rows[:limit], len(rows) > limit
 
 
-def delete_file(session: Session, storage: LocalStorage, caller: Caller, file_id: str) -> None:
+def delete_file(session: Session, storage: Storage, caller: Caller, file_id: str) -> None:
     row = get_file(session, caller, file_id)
     session.delete(row)
     session.flush()

@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.protocol.common import ListResponse
 from app.protocol.files import FileDeleted, FileObject
 from app.services import files as service
-from app.services.storage import LocalStorage
+from app.services.storage import Storage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -24,7 +24,7 @@ def upload_file(
     purpose: str = Form(...),
     caller: Caller = CallerDep,
     session: Session = SessionDep,
-    storage: LocalStorage = StorageDep,
+    storage: Storage = StorageDep,
     settings: Settings = SettingsDep,
 ) -> FileObject:
     row = service.create_file(session, storage, caller, upload=file.file, filename=file.filename or "",
@@ -54,14 +54,14 @@ def retrieve_file(file_id: str, caller: Caller = CallerDep, session: Session = S
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, caller: Caller = CallerDep, session: Session = SessionDep,
-                storage: LocalStorage = StorageDep) -> FileDeleted:
+                storage: Storage = StorageDep) -> FileDeleted:
     service.delete_file(session, storage, caller, file_id)
     return FileDeleted(id=file_id)
 
 
 @router.get("/{file_id}/content")
 def file_content(file_id: str, caller: Caller = CallerDep, session: Session = SessionDep,
-                 storage: LocalStorage = StorageDep) -> StreamingResponse:
+                 storage: Storage = StorageDep) -> StreamingResponse:
     row = service.get_file(session, caller, file_id)
     media = "text/csv" if row.storage_key.endswith(".csv") else "application/jsonl"
     return StreamingResponse(storage.iter_bytes(row.storage_key), media_type=media,
