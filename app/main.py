@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from app.api.routes import evaluations, files, fine_tuning, inference
+from app.api.routes import evaluations, files, fine_tuning, inference, ops
 from app.api.routes import legacy as legacy_fine_tunes
 from app.api.routes import uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
+from app.core.logs import request_id_var
+from app.core.metrics import REQUEST_LATENCY, registry_for
+from app.core.shutdown import CloseStreamsOnShutdown, ShutdownSignal
 from app.services.inference import InferenceEngine
 from app.services.storage import storage_for
 
@@ -37,12 +41,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.storage = storage_for(settings, "files")
     app.state.engine = InferenceEngine(settings)
+    # Operations (issue 7): graceful shutdown, metrics, request ids in logs.
+    app.state.shutdown = ShutdownSignal()
+    app.state.metrics_registry = registry_for(settings)
+    app.add_middleware(CloseStreamsOnShutdown, signal=app.state.shutdown)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
         rid = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
         request.state.request_id = rid
-        response = await call_next(request)
+        token = request_id_var.set(rid)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        route = getattr(request.scope.get("route"), "path", "<unmatched>")
+        REQUEST_LATENCY.labels(request.method, route, str(response.status_code)).observe(time.perf_counter() - started)
         response.headers["x-request-id"] = rid
         return response
 
@@ -51,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     install_error_handlers(app)
-    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks):
+    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks, ops):
         app.include_router(module.router)
     return app
 

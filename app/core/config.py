@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     ready_timeout: float = 3.0
     # Seconds the API lets in-flight requests finish after SIGTERM before closing them.
     shutdown_grace: float = 10.0
+    # Port of a worker's own Prometheus endpoint (GPU memory of its host); 0: none.
+    worker_metrics_port: int = 0
 
     @property
     def resolved_data_dir(self) -> Path:
