@@ -96,9 +96,10 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker
     if settings.broker_is_embedded if with_worker is None else with_worker:
         child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
         atexit.register(_stop, child)
-        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would skip atexit.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: sys.exit(0))
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would skip atexit and
+    # end the process "killed by SIGTERM"; a graceful stop exits 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sys.exit(0))
     click.echo(f"Whetstone API on http://{settings.host}:{settings.port}/v1 (data in {settings.resolved_data_dir})")
     run_server(create_app(settings), settings.host, settings.port, settings.shutdown_grace)
 

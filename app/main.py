@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from app.core.metrics import REQUEST_LATENCY, registry_for
 from app.core.shutdown import CloseStreamsOnShutdown, ShutdownSignal
 from app.services.inference import InferenceEngine
 from app.services.storage import storage_for
+
+access_log = logging.getLogger("whetstone.access")
 
 
 def _background_senders(settings: Settings):
@@ -54,10 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.perf_counter()
         try:
             response = await call_next(request)
+            route = getattr(request.scope.get("route"), "path", "<unmatched>")
+            seconds = time.perf_counter() - started
+            REQUEST_LATENCY.labels(request.method, route, str(response.status_code)).observe(seconds)
+            access_log.info("%s %s %s", request.method, request.url.path, response.status_code,
+                            extra={"method": request.method, "route": route, "status": response.status_code,
+                                   "duration_ms": round(seconds * 1000, 1)})
         finally:
             request_id_var.reset(token)
-        route = getattr(request.scope.get("route"), "path", "<unmatched>")
-        REQUEST_LATENCY.labels(request.method, route, str(response.status_code)).observe(time.perf_counter() - started)
         response.headers["x-request-id"] = rid
         return response
 

@@ -107,5 +107,6 @@ class GracefulServer(uvicorn.Server):
 
 def run_server(app, host: str, port: int, grace: float) -> None:  # noqa: ANN001
     """Run `app` (built by create_app) until SIGTERM/SIGINT, then shut down gracefully."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=grace)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=grace)  # access lines come from app/main.py
     GracefulServer(config, app.state.shutdown).run()
