@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from app.api.routes import evaluations, files, fine_tuning, inference, ops
 from app.api.routes import legacy as legacy_fine_tunes
 from app.api.routes import uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
-from app.core.logs import request_id_var
-from app.core.metrics import REQUEST_LATENCY, registry_for
-from app.core.shutdown import CloseStreamsOnShutdown, ShutdownSignal
 from app.services.inference import InferenceEngine
 from app.services.storage import storage_for
-
-access_log = logging.getLogger("whetstone.access")
 
 
 def _background_senders(settings: Settings):
@@ -44,36 +36,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.storage = storage_for(settings, "files")
     app.state.engine = InferenceEngine(settings)
-    # Operations (issue 7): graceful shutdown, metrics, request ids in logs.
-    app.state.shutdown = ShutdownSignal()
-    app.state.metrics_registry = registry_for(settings)
-    app.add_middleware(CloseStreamsOnShutdown, signal=app.state.shutdown)
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        rid = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
-        request.state.request_id = rid
-        token = request_id_var.set(rid)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-            route = getattr(request.scope.get("route"), "path", "<unmatched>")
-            seconds = time.perf_counter() - started
-            REQUEST_LATENCY.labels(request.method, route, str(response.status_code)).observe(seconds)
-            access_log.info("%s %s %s", request.method, request.url.path, response.status_code,
-                            extra={"method": request.method, "route": route, "status": response.status_code,
-                                   "duration_ms": round(seconds * 1000, 1)})
-        finally:
-            request_id_var.reset(token)
-        response.headers["x-request-id"] = rid
-        return response
+    # Request ids, access logs, request latency, /readyz, /metrics, graceful shutdown (issue 7).
+    ops.install(app, settings)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
         return {"status": "ok"}
 
     install_error_handlers(app)
-    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks, ops):
+    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks):
         app.include_router(module.router)
     return app
 
