@@ -69,3 +69,25 @@ def test_inference_metrics_are_exported(client):
     assert delta("whetstone_inference_request_tokens_per_second_count", base_model="tiny-llama") == 1
     assert delta("whetstone_adapter_cache_lookups_total", result="hit") == 2
     assert delta("whetstone_adapter_cache_lookups_total", result="miss") == 1
+
+
+def test_queue_depth_on_the_embedded_broker(tmp_path, base_models_dir):
+    from fastapi.testclient import TestClient
+
+    from app.cli import migrate_database
+    from app.core.config import Settings
+    from app.main import create_app
+    from tests.conftest import Api, new_key
+
+    embedded = Settings(data_dir=tmp_path / "data", base_models_dir=base_models_dir)  # SQLite + SQL broker
+    embedded.ensure_dirs()
+    migrate_database(embedded)
+    with TestClient(create_app(embedded)) as client:
+        api = Api(client, new_key(embedded))
+        assert value(scrape(client), "whetstone_queue_depth") == 0
+        file_id = api.upload(chat_jsonl()).json()["id"]
+        for _ in range(2):
+            assert api.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id}).status_code == 200
+        samples = scrape(client)
+        assert value(samples, "whetstone_queue_depth") == 2
+        assert value(samples, "whetstone_jobs", status="validating_files") == 2
