@@ -134,8 +134,10 @@ def test_sigterm_drains_requests_and_closes_event_streams(settings, tmp_path):
     assert {"ts", "level", "logger", "message"} <= set(records[0])
 
 
-def test_worker_logs_carry_the_job_id(settings, tmp_path):
-    env = _env(settings, tmp_path, WHETSTONE_QUEUE=f"whetstone-logs-{uuid.uuid4().hex[:8]}")
+def test_worker_logs_carry_the_job_id_and_serves_metrics(settings, tmp_path):
+    metrics_port = free_port()
+    env = _env(settings, tmp_path, WHETSTONE_QUEUE=f"whetstone-logs-{uuid.uuid4().hex[:8]}",
+               WHETSTONE_WORKER_METRICS_PORT=str(metrics_port))
     queued = settings.model_copy(update={"queue": env["WHETSTONE_QUEUE"]})
     with TestClient(create_app(queued)) as client:
         api = Api(client, new_key(queued))
@@ -148,6 +150,10 @@ def test_worker_logs_carry_the_job_id(settings, tmp_path):
             while api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] not in {"succeeded", "failed"}:
                 assert time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.5)
+            # The worker's own metrics endpoint answers (GPU memory would be there on a GPU host).
+            scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+            assert scraped.status_code == 200 and "process_cpu_seconds_total" in scraped.text
+            assert "whetstone_gpu_memory" not in scraped.text  # no GPU on this machine
     records = _json_lines(log)
     tagged = [r for r in records if r.get("job_id") == job["id"]]
     assert tagged, log.read_text()[-3000:]
