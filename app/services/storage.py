@@ -104,7 +104,8 @@ class LocalStorage:
         return str(target)
 
     def local_dir(self, ref: str) -> Path:
-        path = self.path(ref)  # an absolute path under the root (what publish_dir returns) or a key
+        # What publish_dir returned (an absolute path, read from the database: trusted) or a key.
+        path = Path(ref) if Path(ref).is_absolute() else self.path(ref)
         if not path.is_dir():
             raise FileNotFoundError(ref)
         return path

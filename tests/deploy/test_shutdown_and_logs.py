@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from tests.conftest import REDIS_URL, TINY, Api, new_key
 from tests.data import chat_jsonl
-from tests.e2e.server import WHETSTONE, cli, free_port, process
+from tests.e2e.server import WHETSTONE, cli, free_port, process, wait_healthy
 
 
 def _env(settings, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -44,16 +44,7 @@ def test_sigterm_drains_requests_and_closes_event_streams(settings, tmp_path):
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+        wait_healthy(proc, base, log)
         file_id = httpx.post(f"{base}/v1/files", headers=headers, data={"purpose": "fine-tune"},
                              files={"file": ("t.jsonl", chat_jsonl())}).json()["id"]
         job = httpx.post(f"{base}/v1/fine_tuning/jobs", headers=headers,
