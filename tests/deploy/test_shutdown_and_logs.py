@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
