@@ -69,8 +69,8 @@ def job_context(job_id: str) -> Iterator[None]:
 
 
 def install_celery_logging(level: str, fmt: str) -> None:
-    """Celery keeps our logging setup, and every line written while a worker runs a task carries
-    that task's job id (its first argument)."""
+    """Celery keeps our logging setup, and every line written while a worker runs a training job
+    carries that job's id (the task's argument)."""
     from celery.signals import setup_logging, task_postrun, task_prerun
 
     tokens: dict[str, contextvars.Token] = {}
@@ -79,9 +79,11 @@ def install_celery_logging(level: str, fmt: str) -> None:
     def _setup(**_):  # noqa: ANN001  (a receiver here stops Celery from configuring logging itself)
         configure_logging(level, fmt)
 
+    from worker.celery_app import TRAIN_TASK
+
     @task_prerun.connect(weak=False)
-    def _set(task_id=None, args=None, **_):  # noqa: ANN001
-        if args:
+    def _set(task_id=None, task=None, args=None, **_):  # noqa: ANN001
+        if args and getattr(task, "name", None) == TRAIN_TASK:  # other tasks (evaluations) carry other ids
             tokens[task_id] = job_id_var.set(str(args[0]))
 
     @task_postrun.connect(weak=False)

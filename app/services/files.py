@@ -103,7 +103,7 @@ def delete_file(session: Session, storage: Storage, caller: Caller, file_id: str
 
 
 # --- file validation (issue 9): the prepare-data checks on a stored file ---
-def validate_file(session: Session, storage: LocalStorage, settings, caller: Caller, file_id: str, *,
+def validate_file(session: Session, storage: Storage, settings, caller: Caller, file_id: str, *,
                   model: str | None, max_tokens: int) -> dict:
     from worker.dataprep.checks import run_checks
     from worker.dataprep.readers import read_records
@@ -122,6 +122,6 @@ def validate_file(session: Session, storage: LocalStorage, settings, caller: Cal
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base.path, local_files_only=True)
-    findings = run_checks(read_records(storage.path(row.storage_key), "jsonl"), tokenizer, max_tokens)
+    findings = run_checks(read_records(storage.local_path(row.storage_key), "jsonl"), tokenizer, max_tokens)
     return {"file_id": row.id, "format": row.data_format, "n_examples": row.n_examples,
             "valid": not any(f.severity == "error" for f in findings), "findings": [f.as_dict() for f in findings]}

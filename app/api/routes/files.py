@@ -76,7 +76,7 @@ from app.protocol.files import FileValidation, ValidateFileRequest  # noqa: E402
 
 @router.post("/{file_id}/validate", response_model=FileValidation)
 def validate_file(file_id: str, body: ValidateFileRequest = Body(default_factory=ValidateFileRequest),
-                  caller: Caller = CallerDep, session: Session = SessionDep, storage: LocalStorage = StorageDep,
+                  caller: Caller = CallerDep, session: Session = SessionDep, storage: Storage = StorageDep,
                   settings: Settings = SettingsDep) -> FileValidation:
     """The `whetstone prepare-data` checks on a stored file (errors were already refused at upload)."""
     return FileValidation(**service.validate_file(session, storage, settings, caller, file_id, model=body.model,
