@@ -137,8 +137,9 @@ def worker(data_dir: Path | None, loglevel: str) -> None:
 
         start_http_server(settings.worker_metrics_port, registry=worker_registry())
 
-    celery_app.worker_main(["worker", f"--loglevel={loglevel or settings.log_level}", "-Q", settings.queue, "--concurrency=1",
-                            "--pool=prefork", "--without-gossip", "--without-mingle", "-n", f"whetstone@%h-{os.getpid()}"])
+    celery_app.worker_main(["worker", f"--loglevel={loglevel or settings.log_level}", "-Q", settings.queue,
+                            "--concurrency=1", "--pool=prefork", "--without-gossip", "--without-mingle",
+                            "-n", f"whetstone@%h-{os.getpid()}"])
 
 
 @main.group()

@@ -58,5 +58,6 @@ def readiness(settings: Settings, storage: Storage) -> dict[str, str]:
         except concurrent.futures.TimeoutError:
             results[name] = f"timed out after {settings.ready_timeout:g}s"
         except Exception as exc:  # the reason, on one line, for the operator
-            results[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            results[name] = f"{type(exc).__name__}: {first_line}"[:300]
     return results
