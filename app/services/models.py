@@ -16,6 +16,7 @@ from app.core.errors import APIError
 from app.models import Checkpoint, FineTunedModel, FineTuningJob
 from app.protocol.models import ModelObject
 from app.services.base_models import OWNER, find_base_model, list_base_models
+from app.services.storage import storage_for
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,14 @@ def resolve_model(session: Session, settings: Settings, caller: Caller, model_id
     row = session.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id,
                                                       FineTunedModel.project_pk == caller.project_pk))
     if row is not None:
-        return ModelTarget(model_id, row.base_model, Path(row.adapter_path))
+        return ModelTarget(model_id, row.base_model, storage_for(settings, "jobs").local_dir(row.adapter_path))
     found = session.execute(
         select(Checkpoint, FineTuningJob).join(FineTuningJob, Checkpoint.job_pk == FineTuningJob.pk)
         .where(Checkpoint.model_id == model_id, FineTuningJob.project_pk == caller.project_pk)
     ).first()
     if found is not None:
         checkpoint, job = found
-        return ModelTarget(model_id, job.model, Path(checkpoint.adapter_path))
+        return ModelTarget(model_id, job.model, storage_for(settings, "jobs").local_dir(checkpoint.adapter_path))
     raise model_not_found(model_id)
 
 
