@@ -111,13 +111,12 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker
 def inference(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Serve completions, chat and models (one base model in memory per name, many adapters on it).
     Point the API at it with WHETSTONE_INFERENCE_URL."""
-    import uvicorn
-
+    from app.core.shutdown import run_server
     from app.main import create_inference_app
 
     settings = _apply_overrides(host=host, port=port, data_dir=data_dir)
     click.echo(f"Whetstone inference on http://{settings.host}:{settings.port}/v1")
-    uvicorn.run(create_inference_app(settings), host=settings.host, port=settings.port, log_level="info")
+    run_server(create_inference_app(settings), settings.host, settings.port, settings.shutdown_grace)
 
 
 @main.command()

@@ -58,6 +58,7 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Whetstone inference", version="0.1.0")
     app.state.settings = settings
     app.state.engine = InferenceEngine(settings)
+    ops.install(app, settings)  # request ids, access log, /readyz, /metrics, graceful shutdown
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:

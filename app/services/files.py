@@ -61,7 +61,7 @@ def create_file(session: Session, storage: Storage, caller: Caller, *, upload: B
     return row
 
 
-def commit_with_file(session: Session, storage: LocalStorage, writer, key: str, row: object) -> None:
+def commit_with_file(session: Session, storage: Storage, writer, key: str, row: object) -> None:
     """Flush the row (constraints checked), move the file into place, commit; a failed commit
     removes the file again, so neither exists without the other."""
     session.add(row)

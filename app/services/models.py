@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,15 +67,14 @@ def delete_model(session: Session, settings: Settings, caller: Caller, model_id:
                                                       FineTunedModel.project_pk == caller.project_pk))
     if row is None:
         raise model_not_found(model_id)
-    adapter = Path(row.adapter_path)
+    ref = row.adapter_path
     session.delete(row)
     session.commit()
-    jobs_dir = settings.jobs_dir.resolve()
-    if adapter.resolve().is_relative_to(jobs_dir) and adapter.resolve() != jobs_dir:
-        shutil.rmtree(adapter, ignore_errors=True)
-    else:
-        logging.getLogger("whetstone.models").warning("adapter %s is outside %s; left in place", adapter, jobs_dir)
-    return adapter
+    try:
+        storage_for(settings, "jobs").delete_dir(ref)
+    except ValueError:  # a path outside the jobs storage: never ours to delete
+        logging.getLogger("whetstone.models").warning("adapter %s is outside the jobs storage; left in place", ref)
+    return Path(ref)
 
 
 def retrieve_model(session: Session, settings: Settings, caller: Caller, model_id: str) -> ModelObject:

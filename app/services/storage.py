@@ -111,7 +111,9 @@ class LocalStorage:
         return path
 
     def delete_dir(self, ref: str) -> None:
-        shutil.rmtree(self.path(ref), ignore_errors=True)
+        # `ref` as publish_dir returned it (an absolute path under the root) or a key; never the root.
+        path = self.path(str(Path(ref).resolve().relative_to(self.root.resolve())) if Path(ref).is_absolute() else ref)
+        shutil.rmtree(path, ignore_errors=True)
 
     def check(self) -> None:
         """Raise unless the root is a writable directory."""
