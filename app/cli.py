@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import signal
 import subprocess
@@ -41,7 +40,10 @@ def migrate_database(settings: Settings) -> None:
 @click.group()
 def main() -> None:
     """Whetstone: self-hosted fine-tuning with an OpenAI-compatible API."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.core.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @main.command()
@@ -81,8 +83,7 @@ def _stop(child: subprocess.Popen, grace: float = 10.0) -> None:
               help="Start a worker beside the API (default: only with the embedded broker).")
 def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker: bool | None) -> None:
     """Migrate, then run the API (and, embedded, one worker process)."""
-    import uvicorn
-
+    from app.core.shutdown import run_server
     from app.main import create_app
     from app.services.base_models import SMOLLM2, ensure_base_model
 
@@ -95,11 +96,12 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker
     if settings.broker_is_embedded if with_worker is None else with_worker:
         child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
         atexit.register(_stop, child)
-        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would skip atexit.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: sys.exit(0))
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would skip atexit and
+    # end the process "killed by SIGTERM"; a graceful stop exits 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sys.exit(0))
     click.echo(f"Whetstone API on http://{settings.host}:{settings.port}/v1 (data in {settings.resolved_data_dir})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    run_server(create_app(settings), settings.host, settings.port, settings.shutdown_grace)
 
 
 @main.command()
@@ -109,25 +111,34 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker
 def inference(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Serve completions, chat and models (one base model in memory per name, many adapters on it).
     Point the API at it with WHETSTONE_INFERENCE_URL."""
-    import uvicorn
-
+    from app.core.shutdown import run_server
     from app.main import create_inference_app
 
     settings = _apply_overrides(host=host, port=port, data_dir=data_dir)
     click.echo(f"Whetstone inference on http://{settings.host}:{settings.port}/v1")
-    uvicorn.run(create_inference_app(settings), host=settings.host, port=settings.port, log_level="info")
+    run_server(create_inference_app(settings), settings.host, settings.port, settings.shutdown_grace)
 
 
 @main.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--loglevel", default="INFO")
+@click.option("--loglevel", default=None, help="Overrides WHETSTONE_LOG_LEVEL.")
 def worker(data_dir: Path | None, loglevel: str) -> None:
     """Run a training worker (one job at a time) against the configured database and broker."""
     settings = _apply_overrides(data_dir=data_dir)
+    from app.core.logs import install_celery_logging
     from worker.celery_app import app as celery_app
 
-    celery_app.worker_main(["worker", f"--loglevel={loglevel}", "-Q", settings.queue, "--concurrency=1",
-                            "--pool=prefork", "--without-gossip", "--without-mingle", "-n", f"whetstone@%h-{os.getpid()}"])
+    install_celery_logging(settings.log_level, settings.log_format)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        from app.core.metrics import worker_registry
+
+        start_http_server(settings.worker_metrics_port, registry=worker_registry())
+
+    celery_app.worker_main(["worker", f"--loglevel={loglevel or settings.log_level}", "-Q", settings.queue,
+                            "--concurrency=1", "--pool=prefork", "--without-gossip", "--without-mingle",
+                            "-n", f"whetstone@%h-{os.getpid()}"])
 
 
 @main.group()

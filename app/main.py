@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
-from app.api.routes import evaluations, files, fine_tuning, inference
+from app.api.routes import evaluations, files, fine_tuning, inference, ops
 from app.api.routes import legacy as legacy_fine_tunes
 from app.api.routes import uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.services.event_bus import configure_publisher
 from app.services.inference import InferenceEngine
-from app.services.storage import LocalStorage
+from app.services.storage import storage_for
 
 
 def _background_senders(settings: Settings):
@@ -36,17 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Whetstone", version="0.1.0", description="Self-hosted fine-tuning, OpenAI-compatible API",
                   lifespan=_background_senders(settings))
     app.state.settings = settings
-    app.state.storage = LocalStorage(settings.storage_dir)
+    app.state.storage = storage_for(settings, "files")
     app.state.engine = InferenceEngine(settings)
     configure_publisher(settings)
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        rid = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
-        request.state.request_id = rid
-        response = await call_next(request)
-        response.headers["x-request-id"] = rid
-        return response
+    # Request ids, access logs, request latency, /readyz, /metrics, graceful shutdown (issue 7).
+    ops.install(app, settings)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
@@ -65,6 +58,7 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Whetstone inference", version="0.1.0")
     app.state.settings = settings
     app.state.engine = InferenceEngine(settings)
+    ops.install(app, settings)  # request ids, access log, /readyz, /metrics, graceful shutdown
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:

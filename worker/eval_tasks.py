@@ -18,7 +18,7 @@ from app.core.ids import new_id, now
 from app.models import Evaluation, File, Project
 from app.services.base_models import ensure_base_model
 from app.services.models import resolve_model
-from app.services.storage import LocalStorage
+from app.services.storage import storage_for
 from worker.celery_app import EVAL_TASK, app
 
 log = logging.getLogger("whetstone.worker")
@@ -54,12 +54,16 @@ def run_evaluation(settings: Settings, evaluation_id: str) -> None:
             target = None
     if not _move(url, pk, "queued", status="in_progress"):
         return
-    storage = LocalStorage(settings.storage_dir)
+    storage = storage_for(settings, "files")
     try:
-        if target is None or file is None or not storage.path(file.storage_key).is_file():
-            raise LookupError("the model or the evaluation file no longer exists")
+        try:
+            if target is None or file is None:
+                raise FileNotFoundError
+            data_path = storage.local_path(file.storage_key)
+        except FileNotFoundError:
+            raise LookupError("the model or the evaluation file no longer exists") from None
         result = evaluate(ensure_base_model(settings, target.base_model), target.adapter_path,
-                          storage.path(file.storage_key), max_new_tokens=max_tokens)
+                          data_path, max_new_tokens=max_tokens)
         report = build_report(result)
         content = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in result["samples"]).encode()
         file_id = new_id("file")

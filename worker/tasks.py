@@ -31,7 +31,7 @@ from app.services.event_bus import configure_publisher
 from app.services.events import add_event
 from app.services.jobs import fine_tuned_model_name
 from app.services.queue import send_job
-from app.services.storage import LocalStorage
+from app.services.storage import storage_for
 from worker import legacy_results
 from worker import lifecycle  # noqa: F401 - connects the worker's signal handlers
 from worker.celery_app import TRAIN_TASK, app
@@ -62,7 +62,8 @@ class JobRun:
         self.owner = owner
         self.model_name = fine_tuned_model_name(job, org)
         self.workdir = settings.jobs_dir / job.id
-        self.storage = LocalStorage(settings.storage_dir)
+        self.storage = storage_for(settings, "files")  # uploads and results
+        self.jobs = storage_for(settings, "jobs")  # adapters and checkpoints, shared with the API
         self.lost = threading.Event()
         self.handoff = threading.Event()  # set by SIGTERM: checkpoint and give the job back
         self._stop_heartbeat = threading.Event()
@@ -164,16 +165,17 @@ class JobRun:
         return self.status() in ("paused", "queued")
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None:
+        ref = self.jobs.publish_dir(f"{self.job.id}/checkpoints/{path.name}", path)  # before the row names it
         with session_scope(self.url) as session:
             state.hold(session, self.job.pk, self.owner)
             model_id = f"{self.model_name}:ckpt-step-{step}"
             row = session.scalar(select(Checkpoint).where(Checkpoint.model_id == model_id))
             if row is not None:  # the same step again after a resume: point at the newest files
-                row.adapter_path, row.metrics = str(path), {k: v for k, v in metrics.items() if v is not None}
+                row.adapter_path, row.metrics = ref, {k: v for k, v in metrics.items() if v is not None}
                 return
             session.add(Checkpoint(id=new_id("ftckpt"), job_pk=self.job.pk, step_number=step,
                                    metrics={k: v for k, v in metrics.items() if v is not None},
-                                   model_id=model_id, adapter_path=str(path)))
+                                   model_id=model_id, adapter_path=ref))
             add_event(session, self.job.pk, f"Checkpoint created at step {step}", data={"step": step})
 
     def on_checkpoint_removed(self, step: int, path: Path) -> None:
@@ -187,19 +189,24 @@ class JobRun:
         """The stored file and its example count (checked line by line when it was uploaded)."""
         with session_scope(self.url) as session:
             row = session.scalar(select(File).where(File.id == file_id, File.project_pk == self.job.project_pk))
-        if row is None or not self.storage.path(row.storage_key).is_file():
-            raise JobFailed(f"invalid_{param}", f"The {param} {file_id} no longer exists.", param)
-        return self.storage.path(row.storage_key), row.n_examples or 0
+        try:
+            if row is None:
+                raise FileNotFoundError(file_id)
+            return self.storage.local_path(row.storage_key), row.n_examples or 0
+        except FileNotFoundError:
+            raise JobFailed(f"invalid_{param}", f"The {param} {file_id} no longer exists.", param) from None
 
     def last_checkpoint(self) -> tuple[int, Path] | None:
-        """The newest checkpoint whose files are still on disk."""
+        """The newest checkpoint whose files are still in storage (fetched here when remote)."""
         with session_scope(self.url) as session:
             rows = session.execute(select(Checkpoint.step_number, Checkpoint.adapter_path)
                                    .where(Checkpoint.job_pk == self.job.pk)
                                    .order_by(Checkpoint.step_number.desc())).all()
-        for step, path in rows:
-            if Path(path).is_dir():
-                return step, Path(path)
+        for step, ref in rows:
+            try:
+                return step, self.jobs.local_dir(ref)
+            except FileNotFoundError:
+                continue
         return None
 
     def results_file(self, metrics: list[dict], legacy_classification: dict | None = None) -> str:
@@ -234,14 +241,14 @@ class JobRun:
                              purpose="fine-tune-results", bytes=len(content), storage_key=key))
         return file_id
 
-    def succeed(self, adapter_dir: Path, trained_tokens: int, result_file: str) -> bool:
+    def succeed(self, adapter_ref: str, trained_tokens: int, result_file: str) -> bool:
         with session_scope(self.url) as session:
             if not state.transition(session, self.job.pk, "succeeded", expected=["running"], owner=self.owner,
                                     fine_tuned_model=self.model_name, trained_tokens=trained_tokens,
                                     finished_at=now(), result_files=[result_file], estimated_finish=None):
                 return False
             session.add(FineTunedModel(id=self.model_name, project_pk=self.job.project_pk, job_pk=self.job.pk,
-                                       base_model=self.job.model, adapter_path=str(adapter_dir)))
+                                       base_model=self.job.model, adapter_path=adapter_ref))
             add_event(session, self.job.pk, f"New fine-tuned model created: {self.model_name}")
             add_event(session, self.job.pk, "The job has successfully completed")
         return True
@@ -386,7 +393,8 @@ def _run(run: JobRun) -> None:
         classification = legacy_results.classification_metrics(base_dir, result.adapter_dir, validation_path,
                                                                 job.legacy, config.max_seq_len)
     result_file = run.results_file(result.metrics, classification)
-    run.succeed(result.adapter_dir, result.trained_tokens, result_file)
+    adapter_ref = run.jobs.publish_dir(f"{job.id}/adapter", result.adapter_dir)
+    run.succeed(adapter_ref, result.trained_tokens, result_file)
 
 
 def report_best_checkpoint(run: JobRun, metrics: list[dict]) -> None:

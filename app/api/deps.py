@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.core.auth import Caller, current_caller
 from app.core.config import Settings
 from app.core.db import session_scope
-from app.services.storage import LocalStorage
+from app.services.storage import Storage
 
 
 def settings_dep(request: Request) -> Settings:
@@ -22,7 +22,7 @@ def session_dep(request: Request) -> Iterator[Session]:
         yield session
 
 
-def storage_dep(request: Request) -> LocalStorage:
+def storage_dep(request: Request) -> Storage:
     return request.app.state.storage
 
 

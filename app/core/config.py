@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,6 +67,28 @@ class Settings(BaseSettings):
     broker_visibility_timeout: float = 3600.0
     # Seconds to wait for the broker when the API sends a job id.
     broker_send_timeout: float = 5.0
+    # --- Deployment and operations (issue 7) ---
+    # Where uploads, results, adapters and checkpoints live: a local directory under data_dir
+    # (one machine, or a volume every host mounts) or an S3-compatible bucket (many hosts).
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    # Key prefix inside the bucket (e.g. "whetstone/"); areas "files/" and "jobs/" go under it.
+    s3_prefix: str = ""
+    # Empty: AWS's endpoint for the region; set it for MinIO, Ceph, R2, ...
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    # Empty: boto3's usual chain (AWS_* variables, instance role, ~/.aws).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # Logging: level name, and "json" (one object per line, with request/job ids) or "text".
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+    # Seconds /readyz waits for each dependency before calling it unreachable.
+    ready_timeout: float = 3.0
+    # Seconds the API lets in-flight requests finish after SIGTERM before closing them.
+    shutdown_grace: float = 10.0
+    # Port of a worker's own Prometheus endpoint (GPU memory of its host); 0: none.
+    worker_metrics_port: int = 0
 
     @property
     def resolved_data_dir(self) -> Path:

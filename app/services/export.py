@@ -11,14 +11,19 @@ from app.core.config import Settings
 from app.core.errors import invalid
 from app.models import FineTuningJob
 from app.services.base_models import ensure_base_model
+from app.services.storage import storage_for
 
 EXPORT_KINDS = ("adapter", "merged")
 
 
-def export_archive(settings: Settings, job: FineTuningJob, kind: str) -> Path:
-    """The zip for ``kind`` (built once, then reused); 400 while the job has no fine-tuned model."""
-    adapter_dir = settings.jobs_dir / job.id / "adapter"
-    if job.status != "succeeded" or not (adapter_dir / "adapter_model.safetensors").is_file():
+def export_archive(settings: Settings, job: FineTuningJob, kind: str, adapter_ref: str | None) -> Path:
+    """The zip for ``kind`` (built once, then reused); 400 while the job has no fine-tuned model.
+    ``adapter_ref``: where the job's fine-tuned model stored its adapter (jobs storage)."""
+    try:
+        adapter_dir = storage_for(settings, "jobs").local_dir(adapter_ref) if adapter_ref else None
+    except FileNotFoundError:
+        adapter_dir = None
+    if adapter_dir is None or not (adapter_dir / "adapter_model.safetensors").is_file():
         raise invalid(f"Job {job.id} has no fine-tuned model to export (status: {job.status}).", param="job_id",
                       code="model_not_ready")
     export_dir = settings.jobs_dir / job.id / "export"

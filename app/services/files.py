@@ -12,7 +12,7 @@ from app.core.errors import APIError, invalid, not_found
 from app.core.ids import new_id
 from app.models import File
 from app.protocol.files import FileObject
-from app.services.storage import CHUNK, LocalStorage
+from app.services.storage import CHUNK, Storage
 from worker.training.validation import InvalidExample, validate_lines
 
 PURPOSES = {"fine-tune"}
@@ -40,7 +40,7 @@ def _lines(source: BinaryIO, sink, limit: int):
         yield pending
 
 
-def create_file(session: Session, storage: LocalStorage, caller: Caller, *, upload: BinaryIO,
+def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
                 filename: str, purpose: str, max_bytes: int) -> File:
     if purpose not in PURPOSES:
         raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
@@ -61,7 +61,7 @@ def create_file(session: Session, storage: LocalStorage, caller: Caller, *, uplo
     return row
 
 
-def commit_with_file(session: Session, storage: LocalStorage, writer, key: str, row: object) -> None:
+def commit_with_file(session: Session, storage: Storage, writer, key: str, row: object) -> None:
     """Flush the row (constraints checked), move the file into place, commit; a failed commit
     removes the file again, so neither exists without the other."""
     session.add(row)
@@ -95,7 +95,7 @@ def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: 
     return rows[:limit], len(rows) > limit
 
 
-def delete_file(session: Session, storage: LocalStorage, caller: Caller, file_id: str) -> None:
+def delete_file(session: Session, storage: Storage, caller: Caller, file_id: str) -> None:
     row = get_file(session, caller, file_id)
     session.delete(row)
     session.flush()
@@ -103,7 +103,7 @@ def delete_file(session: Session, storage: LocalStorage, caller: Caller, file_id
 
 
 # --- file validation (issue 9): the prepare-data checks on a stored file ---
-def validate_file(session: Session, storage: LocalStorage, settings, caller: Caller, file_id: str, *,
+def validate_file(session: Session, storage: Storage, settings, caller: Caller, file_id: str, *,
                   model: str | None, max_tokens: int) -> dict:
     from worker.dataprep.checks import run_checks
     from worker.dataprep.readers import read_records
@@ -122,6 +122,6 @@ def validate_file(session: Session, storage: LocalStorage, settings, caller: Cal
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base.path, local_files_only=True)
-    findings = run_checks(read_records(storage.path(row.storage_key), "jsonl"), tokenizer, max_tokens)
+    findings = run_checks(read_records(storage.local_path(row.storage_key), "jsonl"), tokenizer, max_tokens)
     return {"file_id": row.id, "format": row.data_format, "n_examples": row.n_examples,
             "valid": not any(f.severity == "error" for f in findings), "findings": [f.as_dict() for f in findings]}

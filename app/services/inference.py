@@ -14,9 +14,11 @@ import concurrent.futures
 import math
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import APIError
 from app.services.base_models import ensure_base_model
@@ -111,7 +113,17 @@ class InferenceEngine:
     # -- generation --------------------------------------------------------------------------
     def _submit(self, scheduler: BatchScheduler, target: ModelTarget,
                 jobs: list[tuple[list[int], SamplingOptions]], sink) -> list[Sequence]:  # noqa: ANN001
-        seqs = [Sequence(i, ids, options, target.adapter_path, sink) for i, (ids, options) in enumerate(jobs)]
+        if target.adapter_path is not None:
+            metrics.record_adapter_lookup(target.adapter_path in scheduler.adapters)
+        started = time.perf_counter()
+
+        def counted(delta: Delta) -> None:  # on the scheduler thread
+            if delta.finish_reason is not None and delta.error is None:
+                metrics.record_generation(target.base_model, delta.prompt_tokens, delta.completion_tokens,
+                                          time.perf_counter() - started)
+            sink(delta)
+
+        seqs = [Sequence(i, ids, options, target.adapter_path, counted) for i, (ids, options) in enumerate(jobs)]
         try:
             scheduler.submit(seqs)
         except QueueFull:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from app.core.errors import APIError
 from app.models import Checkpoint, FineTunedModel, FineTuningJob
 from app.protocol.models import ModelObject
 from app.services.base_models import OWNER, find_base_model, list_base_models
+from app.services.storage import storage_for
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,14 @@ def resolve_model(session: Session, settings: Settings, caller: Caller, model_id
     row = session.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id,
                                                       FineTunedModel.project_pk == caller.project_pk))
     if row is not None:
-        return ModelTarget(model_id, row.base_model, Path(row.adapter_path))
+        return ModelTarget(model_id, row.base_model, storage_for(settings, "jobs").local_dir(row.adapter_path))
     found = session.execute(
         select(Checkpoint, FineTuningJob).join(FineTuningJob, Checkpoint.job_pk == FineTuningJob.pk)
         .where(Checkpoint.model_id == model_id, FineTuningJob.project_pk == caller.project_pk)
     ).first()
     if found is not None:
         checkpoint, job = found
-        return ModelTarget(model_id, job.model, Path(checkpoint.adapter_path))
+        return ModelTarget(model_id, job.model, storage_for(settings, "jobs").local_dir(checkpoint.adapter_path))
     raise model_not_found(model_id)
 
 
@@ -67,15 +67,14 @@ def delete_model(session: Session, settings: Settings, caller: Caller, model_id:
                                                       FineTunedModel.project_pk == caller.project_pk))
     if row is None:
         raise model_not_found(model_id)
-    adapter = Path(row.adapter_path)
+    ref = row.adapter_path
     session.delete(row)
     session.commit()
-    jobs_dir = settings.jobs_dir.resolve()
-    if adapter.resolve().is_relative_to(jobs_dir) and adapter.resolve() != jobs_dir:
-        shutil.rmtree(adapter, ignore_errors=True)
-    else:
-        logging.getLogger("whetstone.models").warning("adapter %s is outside %s; left in place", adapter, jobs_dir)
-    return adapter
+    try:
+        storage_for(settings, "jobs").delete_dir(ref)
+    except ValueError:  # a path outside the jobs storage: never ours to delete
+        logging.getLogger("whetstone.models").warning("adapter %s is outside the jobs storage; left in place", ref)
+    return Path(ref)
 
 
 def retrieve_model(session: Session, settings: Settings, caller: Caller, model_id: str) -> ModelObject:

@@ -1,14 +1,52 @@
-"""Local file storage. Keys are server-made (never the client's filename); writes are atomic:
-a file appears under its key only once complete."""
+"""Stored files: uploads and results ("files" area), adapters and checkpoints ("jobs" area).
+
+Two backends with one interface: a local directory (the default; one machine or a shared
+volume) and an S3-compatible object store (`storage_s3.py`; many worker hosts). Keys are
+server-made (never the client's filename). Nothing half-written is ever visible: a file
+appears under its key only once complete, a directory (an adapter, a checkpoint) only once
+every file in it is.
+
+`publish_dir` returns the reference stored in the database for a directory; `local_dir`
+turns such a reference back into a local directory (downloading it on an object store).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal, Protocol
+
+from app.core.config import Settings
 
 CHUNK = 1 << 20
+Area = Literal["files", "jobs"]
+
+
+class Writer(Protocol):
+    bytes: int
+
+    def __enter__(self) -> "Writer": ...
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Storage(Protocol):
+    def writer(self, key: str) -> Writer: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def iter_bytes(self, key: str) -> Iterator[bytes]: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def local_path(self, key: str) -> Path: ...
+    def publish_dir(self, key: str, source: Path) -> str: ...
+    def local_dir(self, ref: str) -> Path: ...
+    def delete_dir(self, ref: str) -> None: ...
+    def check(self) -> None: ...
 
 
 class LocalStorage:
@@ -32,8 +70,56 @@ class LocalStorage:
             while chunk := fh.read(CHUNK):
                 yield chunk
 
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str = "") -> list[str]:
+        root = self.root.resolve()
+        if not root.is_dir():
+            return []
+        keys = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not k.endswith(".partial"))
+
+    def local_path(self, key: str) -> Path:
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return path
+
+    def publish_dir(self, key: str, source: Path) -> str:
+        """The directory under `key` (moved there atomically unless it is already there)."""
+        target = self.path(key)
+        if source.resolve() != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                shutil.copytree(source, staging, dirs_exist_ok=True)
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return str(target)
+
+    def local_dir(self, ref: str) -> Path:
+        # What publish_dir returned (an absolute path, read from the database: trusted) or a key.
+        path = Path(ref) if Path(ref).is_absolute() else self.path(ref)
+        if not path.is_dir():
+            raise FileNotFoundError(ref)
+        return path
+
+    def delete_dir(self, ref: str) -> None:
+        # `ref` as publish_dir returned it (an absolute path under the root) or a key; never the root.
+        path = self.path(str(Path(ref).resolve().relative_to(self.root.resolve())) if Path(ref).is_absolute() else ref)
+        shutil.rmtree(path, ignore_errors=True)
+
+    def check(self) -> None:
+        """Raise unless the root is a writable directory."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.root, prefix=".ready-"):
+            pass
 
 
 class AtomicWriter:
@@ -67,3 +153,20 @@ class AtomicWriter:
             self._fh.close()
         self.partial.unlink(missing_ok=True)
 
+
+def storage_for(settings: Settings, area: Area) -> Storage:
+    """The configured backend for one area (WHETSTONE_STORAGE_BACKEND: local | s3)."""
+    if settings.storage_backend == "s3":
+        s = settings
+        return _s3(s.s3_bucket, f"{s.s3_prefix}{area}/", s.s3_endpoint_url, s.s3_region,
+                   s.s3_access_key_id, s.s3_secret_access_key.get_secret_value(),
+                   str(s.resolved_data_dir / "cache" / area))
+    return LocalStorage(settings.storage_dir if area == "files" else settings.jobs_dir)
+
+
+@lru_cache(maxsize=16)
+def _s3(bucket: str, prefix: str, endpoint: str, region: str, key_id: str, secret: str, cache: str) -> Storage:
+    from app.services.storage_s3 import S3Storage
+
+    return S3Storage(bucket, prefix, Path(cache), endpoint_url=endpoint or None, region=region or None,
+                     access_key_id=key_id or None, secret_access_key=secret or None)

@@ -17,7 +17,7 @@ from app.core.ids import new_id, now
 from app.models import File, Upload, UploadPart
 from app.protocol.uploads import CompleteUploadRequest, CreateUploadRequest, UploadObject, UploadPartObject
 from app.services import files as file_service
-from app.services.storage import CHUNK, LocalStorage
+from app.services.storage import CHUNK, Storage
 
 
 def to_wire(session: Session, row: Upload) -> UploadObject:
@@ -68,7 +68,7 @@ def _parts(session: Session, upload: Upload) -> list[UploadPart]:
     return list(session.scalars(select(UploadPart).where(UploadPart.upload_pk == upload.pk)))
 
 
-def add_part(session: Session, storage: LocalStorage, settings: Settings, caller: Caller, upload_id: str,
+def add_part(session: Session, storage: Storage, settings: Settings, caller: Caller, upload_id: str,
              data: BinaryIO) -> tuple[UploadPart, Upload]:
     upload = _pending(session, caller, upload_id)
     received = session.scalar(select(func.coalesce(func.sum(UploadPart.bytes), 0))
@@ -94,7 +94,7 @@ def add_part(session: Session, storage: LocalStorage, settings: Settings, caller
 class PartsReader:
     """The parts, one after another, as one binary stream (read in chunks, never whole)."""
 
-    def __init__(self, storage: LocalStorage, parts: list[UploadPart]) -> None:
+    def __init__(self, storage: Storage, parts: list[UploadPart]) -> None:
         self._files = (storage.open(p.storage_key) for p in parts)
         self._current: BinaryIO | None = next(self._files, None)
 
@@ -108,7 +108,7 @@ class PartsReader:
         return b""
 
 
-def complete_upload(session: Session, storage: LocalStorage, caller: Caller, upload_id: str,
+def complete_upload(session: Session, storage: Storage, caller: Caller, upload_id: str,
                     request: CompleteUploadRequest) -> Upload:
     upload = _pending(session, caller, upload_id)
     by_id = {p.id: p for p in _parts(session, upload)}
@@ -139,7 +139,7 @@ def complete_upload(session: Session, storage: LocalStorage, caller: Caller, upl
     return upload
 
 
-def cancel_upload(session: Session, storage: LocalStorage, caller: Caller, upload_id: str) -> Upload:
+def cancel_upload(session: Session, storage: Storage, caller: Caller, upload_id: str) -> Upload:
     upload = _pending(session, caller, upload_id)
     upload.status = "cancelled"
     session.commit()
@@ -147,7 +147,7 @@ def cancel_upload(session: Session, storage: LocalStorage, caller: Caller, uploa
     return upload
 
 
-def _drop_parts(storage: LocalStorage, parts: list[UploadPart]) -> None:
+def _drop_parts(storage: Storage, parts: list[UploadPart]) -> None:
     """The part files only; their rows stay as the upload's record."""
     for part in parts:
         storage.delete(part.storage_key)

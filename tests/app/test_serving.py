@@ -293,3 +293,33 @@ def test_a_client_that_disconnects_stops_its_generation(settings, api, stream):
     scheduler = app.state.engine.loaded()[0]
     assert_generation_stopped(scheduler)
     app.state.engine.close()
+
+
+def _scrape(client: TestClient, name: str, **labels: str) -> float:
+    """One sample of a Prometheus metric from /metrics (0 when the series does not exist yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_inference_tokens_and_adapter_cache_hits(settings, project, two_fine_tunes):
+    _, key = project
+    (model, _), _ = two_fine_tunes
+    with serve(settings) as client:
+        before = {kind: _scrape(client, "whetstone_inference_tokens_total", base_model=TINY, kind=kind)
+                  for kind in ("prompt", "completion")}
+        misses = _scrape(client, "whetstone_adapter_cache_lookups_total", result="miss")
+        hits = _scrape(client, "whetstone_adapter_cache_lookups_total", result="hit")
+        usage = [_completion(client, key, m, 6).json()["usage"] for m in (model, model, TINY)]
+        after = {kind: _scrape(client, "whetstone_inference_tokens_total", base_model=TINY, kind=kind)
+                 for kind in ("prompt", "completion")}
+        assert after["prompt"] - before["prompt"] == sum(u["prompt_tokens"] for u in usage)
+        assert after["completion"] - before["completion"] == sum(u["completion_tokens"] for u in usage)
+        # The first request for the fine-tune loads its adapter (a miss), the second finds it (a hit).
+        assert _scrape(client, "whetstone_adapter_cache_lookups_total", result="miss") == misses + 1
+        assert _scrape(client, "whetstone_adapter_cache_lookups_total", result="hit") == hits + 1
+        client.app.state.engine.close()

@@ -48,19 +48,24 @@ def process(env: dict[str, str], args: list[str], log: Path) -> Iterator[subproc
             proc.wait()
 
 
+def wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float = 180) -> None:
+    """Wait until the server at `base` answers /healthz (fail if the process dies first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 @contextmanager
 def server(env: dict[str, str], log: Path, *extra: str) -> Iterator[str]:
     port = free_port()
     with process(env, ["serve", "--port", str(port), *extra], log) as proc:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_healthy(proc, base, log)
         yield f"{base}/v1"

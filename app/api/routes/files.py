@@ -15,7 +15,7 @@ from app.protocol.common import ListResponse
 from app.protocol.files import FileDeleted, FileObject
 from app.services import files as service
 from app.services import idempotency
-from app.services.storage import LocalStorage
+from app.services.storage import Storage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -26,7 +26,7 @@ def upload_file(
     purpose: str = Form(...),
     caller: Caller = CallerDep,
     session: Session = SessionDep,
-    storage: LocalStorage = StorageDep,
+    storage: Storage = StorageDep,
     settings: Settings = SettingsDep,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ) -> FileObject:
@@ -71,14 +71,14 @@ def retrieve_file(file_id: str, caller: Caller = CallerDep, session: Session = S
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, caller: Caller = CallerDep, session: Session = SessionDep,
-                storage: LocalStorage = StorageDep) -> FileDeleted:
+                storage: Storage = StorageDep) -> FileDeleted:
     service.delete_file(session, storage, caller, file_id)
     return FileDeleted(id=file_id)
 
 
 @router.get("/{file_id}/content")
 def file_content(file_id: str, caller: Caller = CallerDep, session: Session = SessionDep,
-                 storage: LocalStorage = StorageDep) -> StreamingResponse:
+                 storage: Storage = StorageDep) -> StreamingResponse:
     row = service.get_file(session, caller, file_id)
     media = "text/csv" if row.storage_key.endswith(".csv") else "application/jsonl"
     return StreamingResponse(storage.iter_bytes(row.storage_key), media_type=media,
@@ -93,7 +93,7 @@ from app.protocol.files import FileValidation, ValidateFileRequest  # noqa: E402
 
 @router.post("/{file_id}/validate", response_model=FileValidation)
 def validate_file(file_id: str, body: ValidateFileRequest = Body(default_factory=ValidateFileRequest),
-                  caller: Caller = CallerDep, session: Session = SessionDep, storage: LocalStorage = StorageDep,
+                  caller: Caller = CallerDep, session: Session = SessionDep, storage: Storage = StorageDep,
                   settings: Settings = SettingsDep) -> FileValidation:
     """The `whetstone prepare-data` checks on a stored file (errors were already refused at upload)."""
     return FileValidation(**service.validate_file(session, storage, settings, caller, file_id, model=body.model,

@@ -7,6 +7,7 @@ import logging
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,6 +15,7 @@ from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import APIError
+from app.models import FineTunedModel
 from app.protocol.common import ListResponse
 from app.protocol.fine_tuning import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
 from app.services import events as event_service
@@ -136,6 +138,7 @@ def export_model(job_id: str, kind: str = Query("adapter", pattern="^(adapter|me
     from app.services.export import export_archive
 
     job = service.get_job(session, caller, job_id)
-    archive = export_archive(settings, job, kind)
+    adapter_ref = session.scalar(select(FineTunedModel.adapter_path).where(FineTunedModel.job_pk == job.pk))
+    archive = export_archive(settings, job, kind, adapter_ref if job.status == "succeeded" else None)
     name = f"{job.fine_tuned_model.replace(':', '_')}-{kind}.zip"
     return FileResponse(archive, media_type="application/zip", filename=name)

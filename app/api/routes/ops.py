@@ -1,0 +1,74 @@
+"""Operations: the x-request-id header and access log, request latency, readiness, Prometheus
+metrics (no auth, not in the OpenAPI schema), graceful shutdown. `/healthz` (the process is up)
+stays in app/main.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.core.config import Settings
+from app.core.logs import request_id_var
+from app.core.metrics import REQUEST_LATENCY, registry_for
+from app.core.shutdown import CloseStreamsOnShutdown, ShutdownSignal
+from app.services.readiness import readiness
+from app.services.storage import storage_for
+
+router = APIRouter(include_in_schema=False)
+access_log = logging.getLogger("whetstone.access")
+
+
+async def request_id(request: Request, call_next):  # noqa: ANN001, ANN201
+    """Every response carries x-request-id (the client's, or a new one); so does every log line
+    written while handling it. One access log line and one latency sample per request."""
+    rid = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+    request.state.request_id = rid
+    token = request_id_var.set(rid)
+    started = time.perf_counter()
+    try:
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "<unmatched>")
+        seconds = time.perf_counter() - started  # streams: until the response starts
+        REQUEST_LATENCY.labels(request.method, route, str(response.status_code)).observe(seconds)
+        access_log.info("%s %s %s", request.method, request.url.path, response.status_code,
+                        extra={"method": request.method, "route": route, "status": response.status_code,
+                               "duration_ms": round(seconds * 1000, 1)})
+    finally:
+        request_id_var.reset(token)
+    response.headers["x-request-id"] = rid
+    return response
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    if state.shutdown.is_set:
+        return JSONResponse({"status": "shutting_down", "checks": {}, "failed": []}, status_code=503)
+    checks = await run_in_threadpool(readiness, state.settings, state.storage)
+    failed = [name for name, result in checks.items() if result != "ok"]
+    return JSONResponse({"status": "unavailable" if failed else "ready", "checks": checks, "failed": failed},
+                        status_code=503 if failed else 200)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    body = await run_in_threadpool(generate_latest, request.app.state.metrics_registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Give an app (the API, the inference server) /readyz, /metrics and graceful shutdown;
+    run it with app.core.shutdown.run_server."""
+    if not hasattr(app.state, "storage"):
+        app.state.storage = storage_for(settings, "files")
+    app.state.shutdown = ShutdownSignal()
+    app.state.metrics_registry = registry_for(settings)
+    app.add_middleware(CloseStreamsOnShutdown, signal=app.state.shutdown)
+    app.middleware("http")(request_id)  # outside the stream closer
+    app.include_router(router)
