@@ -66,6 +66,7 @@ class JobRun:
         self.jobs = storage_for(settings, "jobs")  # adapters and checkpoints, shared with the API
         self.lost = threading.Event()
         self.handoff = threading.Event()  # set by SIGTERM: checkpoint and give the job back
+        self.waiting_for_slot = False  # the project's running-job limit was reached: the job waits
         self._stop_heartbeat = threading.Event()
         self._status: tuple[float, str | None] = (0.0, None)
         self._progress: tuple[float, int] | None = None
@@ -99,7 +100,9 @@ class JobRun:
         with session_scope(self.url) as session:
             state.release(session, self.job.pk, self.owner)
             status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.pk == self.job.pk))
-        if status == "queued":  # resumed while we paused, or handed back: someone must pick it up
+        # Resumed while we paused, or handed back: someone must pick it up. A job that found no free
+        # slot is not sent again here: the run that frees a slot sends it (wake_next).
+        if status == "queued" and not self.waiting_for_slot:
             send_job(self.settings, self.job.id)
 
     def move(self, new: str, expected: list[str], message: str | None = None, *, data: dict | None = None,
@@ -165,6 +168,8 @@ class JobRun:
         return self.status() in ("paused", "queued")
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict) -> None:
+        with session_scope(self.url) as session:
+            state.hold(session, self.job.pk, self.owner)  # a stale worker publishes nothing
         ref = self.jobs.publish_dir(f"{self.job.id}/checkpoints/{path.name}", path)  # before the row names it
         with session_scope(self.url) as session:
             state.hold(session, self.job.pk, self.owner)
@@ -293,7 +298,8 @@ def run_job(settings: Settings, job_id: str, node: str = "worker") -> None:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         run.release()
-        wake_next(settings, job.project_pk)
+        if not run.waiting_for_slot:  # this run held a slot and has freed it
+            wake_next(settings, job.project_pk)
 
 
 def _on_sigterm(run: JobRun) -> Any:
@@ -360,6 +366,7 @@ def _run(run: JobRun) -> None:
                           data={"queue_position": position})
                 session.execute(update(FineTuningJob).where(FineTuningJob.pk == job.pk)
                                 .values(enqueued_at=time.time()))
+                run.waiting_for_slot = True
             return
         resume = run.last_checkpoint()
         if resume:

@@ -92,6 +92,8 @@ class LocalStorage:
     def publish_dir(self, key: str, source: Path) -> str:
         """The directory under `key` (moved there atomically unless it is already there)."""
         target = self.path(key)
+        if target.is_relative_to(source.resolve()) and source.resolve() != target:
+            raise ValueError(f"cannot publish {source} into itself ({key!r})")
         if source.resolve() != target:
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

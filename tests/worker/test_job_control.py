@@ -7,13 +7,14 @@ from __future__ import annotations
 import threading
 import time
 
+import redis
 from sqlalchemy import select
 
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.models import FineTuningJob
 from app.services import job_state as state
-from tests.conftest import TINY
+from tests.conftest import REDIS_URL, TINY
 from tests.contract import assert_matches
 from tests.data import chat_jsonl
 from worker.reaper import take_back
@@ -111,7 +112,10 @@ def test_project_limit_keeps_the_second_job_queued_until_a_slot_frees(api, setti
     first, second = create(api, n=12, epochs=10), create(api, n=12, epochs=1)
     worker = start(limited, first)
     wait_for(lambda: api.get(f"/v1/fine_tuning/jobs/{first}").json()["status"] == "running")
+    queued_messages = redis.Redis.from_url(REDIS_URL).llen
+    before = queued_messages(settings.queue)
     run_job(limited, second)  # a second worker takes the message: no slot
+    assert queued_messages(settings.queue) == before  # not sent again until a slot frees (no busy loop)
     waiting = api.get(f"/v1/fine_tuning/jobs/{second}").json()
     assert waiting["status"] == "queued"
     note = [e for e in events(api, second) if e["message"].startswith("Waiting for a slot")]
