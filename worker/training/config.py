@@ -165,10 +165,6 @@ LR_SCHEDULERS = ("linear", "cosine", "constant")
 BATCHING = ("packed", "padded")
 
 
-LR_SCHEDULERS = ("linear", "cosine", "constant")
-BATCHING = ("packed", "padded")
-
-
 @dataclass
 class TrainingConfig:
     """Everything one training run needs; paths are local.

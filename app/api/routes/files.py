@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, File, Form, Header, Query, UploadFile
+from fastapi import APIRouter, Body, File, Form, Header, Query, UploadFile
 from fastapi.responses import StreamingResponse
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, StorageDep
 from app.core.config import Settings
+from app.models import File as FileRow
 from app.protocol.common import ListResponse
-from app.protocol.files import FileDeleted, FileObject
+from app.protocol.files import FileDeleted, FileObject, FileValidation, ValidateFileRequest
 from app.services import files as service
 from app.services import idempotency
 from app.services.storage import Storage
@@ -39,11 +41,14 @@ def upload_file(
     row = service.create_file(session, storage, caller, upload=file.file, filename=file.filename or "",
                               purpose=purpose, max_bytes=settings.max_upload_bytes)
     if key:
+        file_pk, storage_key = row.pk, row.storage_key
         try:
             idempotency.remember(session, caller, "file", key, body_hash, row.id)
         except IntegrityError:  # a concurrent retry with this key stored its file first: answer with that one
-            session.rollback()
-            storage.delete(row.storage_key)
+            session.rollback()  # and take ours back, row and bytes, so nothing is left half there
+            session.execute(delete(FileRow).where(FileRow.pk == file_pk))
+            session.commit()
+            storage.delete(storage_key)
             return service.to_wire(service.get_file(session, caller,
                                                     idempotency.lookup(session, caller, "file", key, body_hash)))
     return service.to_wire(row)
@@ -86,11 +91,6 @@ def file_content(file_id: str, caller: Caller = CallerDep, session: Session = Se
 
 
 # --- file validation (issue 9) ---
-from fastapi import Body  # noqa: E402
-
-from app.protocol.files import FileValidation, ValidateFileRequest  # noqa: E402
-
-
 @router.post("/{file_id}/validate", response_model=FileValidation)
 def validate_file(file_id: str, body: ValidateFileRequest = Body(default_factory=ValidateFileRequest),
                   caller: Caller = CallerDep, session: Session = SessionDep, storage: Storage = StorageDep,
