@@ -70,11 +70,6 @@ class JobRun:
         self._stop_heartbeat = threading.Event()
         self._status: tuple[float, str | None] = (0.0, None)
         self._progress: tuple[float, int] | None = None
-        from worker.training import NullCallbacks
-
-        # A training loop without should_pause (older engine) is stopped instead; it resumes from
-        # the last epoch checkpoint.
-        self.loop_pauses = hasattr(NullCallbacks, "should_pause")
 
     # --- the lease ---------------------------------------------------------------------------
     def start_heartbeat(self) -> threading.Thread:
@@ -153,8 +148,6 @@ class JobRun:
     def should_stop(self) -> bool:
         """Cancelled, failed elsewhere, or the lease lost: stop now, without a checkpoint."""
         if self.lost.is_set():
-            return True
-        if not self.loop_pauses and self.should_pause():
             return True
         status = self.status()
         return status is None or status in state.TERMINAL

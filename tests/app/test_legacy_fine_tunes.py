@@ -15,7 +15,6 @@ from app.models import FineTuningJob
 from tests.conftest import TINY
 from tests.data import completion_jsonl
 from worker.tasks import run_job
-from worker.training import TrainingConfig
 
 
 def classification_jsonl(n: int) -> bytes:
@@ -79,10 +78,7 @@ def test_legacy_fine_tune_trains_with_legacy_shapes_names_and_results(api, setti
     assert events["object"] == "list" and events["data"][0]["object"] == "fine-tune-event"
     messages = [e["message"] for e in events["data"]]
     assert messages[-1] == "The job has successfully completed" and "Fine-tuning job started" in messages
-    if "prompt_loss_weight" in TrainingConfig.__dataclass_fields__:
-        assert done["hyperparams"]["prompt_loss_weight"] == 0.01
-    else:  # this trainer cannot weigh prompt tokens: the job says so instead of pretending
-        assert any(m.startswith("prompt_loss_weight=0.01 is not supported") for m in messages), messages
+    assert done["hyperparams"]["prompt_loss_weight"] == 0.01
 
     listed = api.get("/v1/fine-tunes").json()
     assert [f["id"] for f in listed["data"]] == [fine_tune["id"]] and listed["data"][0].get("events") is None
@@ -137,7 +133,7 @@ def test_prompt_loss_weight_reaches_the_trainer(api, settings):
     """Same data, same seed, prompt_loss_weight 0 vs 0.5: with a trainer that supports the knob the
     loss differs (prompt tokens now count); with one that does not, the job says so."""
     training = api.upload(completion_jsonl(10)).json()["id"]
-    losses, logs = [], []
+    losses = []
     for weight in (0.0, 0.5):
         job = create(api, training_file=training, n_epochs=1, prompt_loss_weight=weight).json()
         # Same seed for both: set on the one job row both APIs share.
@@ -148,9 +144,4 @@ def test_prompt_loss_weight_reaches_the_trainer(api, settings):
         assert done["status"] == "succeeded" and done["hyperparams"]["prompt_loss_weight"] == weight
         rows = list(csv.DictReader(io.StringIO(api.get(f"/v1/files/{done['result_files'][0]['id']}/content").text)))
         losses.append([float(r["training_loss"]) for r in rows])
-        logs.append([e["message"] for e in done["events"]])
-    if "prompt_loss_weight" in TrainingConfig.__dataclass_fields__:
-        assert losses[0] != losses[1]
-    else:
-        assert losses[0] == losses[1]
-        assert any(m.startswith("prompt_loss_weight=0.5 is not supported") for m in logs[1])
+    assert losses[0] != losses[1]  # prompt tokens weigh in the loss, or not
