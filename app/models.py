@@ -85,7 +85,7 @@ class FineTuningJob(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # Orchestration (worker/job_state.py): who holds the job and until when (unix seconds, float),
+    # Orchestration (app/services/job_state.py): who holds the job and until when (unix seconds, float),
     # runs lost to a dead worker, the last time a broker message was sent for it, the forecast end.
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -84,4 +84,5 @@ def run_evaluation(settings: Settings, evaluation_id: str) -> None:
     except Exception as exc:  # the user sees the reason; the log keeps the trace
         log.exception("evaluation %s failed", evaluation_id)
         _move(url, pk, "in_progress", status="failed", finished_at=now(),
-              error={"code": "evaluation_failed", "message": f"{type(exc).__name__}: {exc}"[:1000]})
+              error={"code": "evaluation_failed", "message": f"{type(exc).__name__}: {exc}"[:1000],
+                     "param": None})

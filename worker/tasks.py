@@ -180,7 +180,11 @@ class JobRun:
         """The engine keeps the last few checkpoints (and the best); the list follows it."""
         with session_scope(self.url) as session:
             state.hold(session, self.job.pk, self.owner)
+            refs = session.scalars(select(Checkpoint.adapter_path).where(
+                Checkpoint.job_pk == self.job.pk, Checkpoint.step_number == step)).all()
             session.execute(delete(Checkpoint).where(Checkpoint.job_pk == self.job.pk, Checkpoint.step_number == step))
+        for ref in refs:  # the published copy too (a remote store keeps it otherwise)
+            self.jobs.delete_dir(ref)
 
     # --- data and results --------------------------------------------------------------------
     def data_path(self, file_id: str, param: str) -> tuple[Path, int]:

@@ -108,5 +108,5 @@ class GracefulServer(uvicorn.Server):
 def run_server(app, host: str, port: int, grace: float) -> None:  # noqa: ANN001
     """Run `app` (built by create_app) until SIGTERM/SIGINT, then shut down gracefully."""
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=grace)  # access lines come from app/main.py
+                            timeout_graceful_shutdown=grace)  # access lines come from app/api/routes/ops.py
     GracefulServer(config, app.state.shutdown).run()

@@ -73,4 +73,4 @@ def list_evaluations(session: Session, caller: Caller, *, limit: int, after: str
 
 def mark_enqueue_failed(session: Session, row: Evaluation, reason: str) -> None:
     session.execute(update(Evaluation).where(Evaluation.pk == row.pk, Evaluation.status == "queued")
-                    .values(status="failed", finished_at=now(), error={"code": "queue_unavailable", "message": reason}))
+                    .values(status="failed", finished_at=now(), error={"code": "queue_unavailable", "message": reason, "param": None}))

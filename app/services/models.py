@@ -38,15 +38,23 @@ def resolve_model(session: Session, settings: Settings, caller: Caller, model_id
     row = session.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id,
                                                       FineTunedModel.project_pk == caller.project_pk))
     if row is not None:
-        return ModelTarget(model_id, row.base_model, storage_for(settings, "jobs").local_dir(row.adapter_path))
+        return ModelTarget(model_id, row.base_model, _adapter_dir(settings, model_id, row.adapter_path))
     found = session.execute(
         select(Checkpoint, FineTuningJob).join(FineTuningJob, Checkpoint.job_pk == FineTuningJob.pk)
         .where(Checkpoint.model_id == model_id, FineTuningJob.project_pk == caller.project_pk)
     ).first()
     if found is not None:
         checkpoint, job = found
-        return ModelTarget(model_id, job.model, storage_for(settings, "jobs").local_dir(checkpoint.adapter_path))
+        return ModelTarget(model_id, job.model, _adapter_dir(settings, model_id, checkpoint.adapter_path))
     raise model_not_found(model_id)
+
+
+def _adapter_dir(settings: Settings, model_id: str, ref: str) -> Path:
+    """The adapter's local directory; a model whose files are gone is not found (404, not 500)."""
+    try:
+        return storage_for(settings, "jobs").local_dir(ref)
+    except FileNotFoundError:
+        raise model_not_found(model_id) from None
 
 
 def list_models(session: Session, settings: Settings, caller: Caller) -> list[ModelObject]:

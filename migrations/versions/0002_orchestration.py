@@ -1,7 +1,7 @@
 """orchestration: job leases, lost attempts, enqueue time, estimated finish; idempotency keys
 
 Revision ID: 0002_orchestration
-Revises: 0002_dataeval
+Revises: 0002_legacy
 """
 import sqlalchemy as sa
 from alembic import op
