@@ -119,3 +119,20 @@ def test_cancel_while_training_stops_it_and_keeps_cancelled(api, settings):
     assert final["status"] == "cancelled" and final["fine_tuned_model"] is None
     assert job["id"] not in str(api.get("/v1/models").json())
     assert not (settings.jobs_dir / job["id"] / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_checkpoints_listed_are_the_ones_kept_and_each_answers(api, settings):
+    """The engine keeps the last few checkpoints (plus the best); the list and the model ids follow."""
+    job = create(api)  # 12 examples, batch 1, 2 epochs: 24 steps
+    run_job(settings.model_copy(update={"checkpoint_every": 3}), job["id"])
+    done = api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done["error"]
+    made = [m for m in messages(api, job["id"]) if m.startswith("Checkpoint created at step")]
+    listed = api.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints", params={"limit": 100}).json()["data"]
+    assert len(made) > len(listed) >= 1  # some were pruned, and they left the list
+    on_disk = {p.name for p in (settings.jobs_dir / job["id"] / "checkpoints").iterdir() if not p.name.startswith(".")}
+    assert len(on_disk) == len(listed)
+    for checkpoint in listed:
+        answer = api.post("/v1/completions", json={"model": checkpoint["fine_tuned_model_checkpoint"],
+                                                   "prompt": "Hi", "max_tokens": 2})
+        assert answer.status_code == 200, answer.text
