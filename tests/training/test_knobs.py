@@ -57,9 +57,9 @@ def test_gradient_accumulation_splits_each_step_with_the_same_result(tiny_model_
     calls = []
     real = loop.batch_loss
 
-    def counting(model, batch):
+    def counting(model, batch, stats=None):
         calls.append(int(batch["n_tokens"]))
-        return real(model, batch)
+        return real(model, batch, stats)
 
     monkeypatch.setattr(loop, "batch_loss", counting)
     _, _, whole = run(tmp_path, tiny_model_dir, "whole", lora=LoraSettings(dropout=0.0))
