@@ -114,46 +114,42 @@ def list_jobs(session: Session, caller: Caller, *, limit: int, after: str | None
     return rows[:limit], len(rows) > limit
 
 
-def cancel_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
+def _user_move(session: Session, caller: Caller, job_id: str, new: str, event: str, refusal: str, code: str,
+               **values: object) -> FineTuningJob:
+    """A move the user asked for: one conditional UPDATE (state.transition), an event, or a 400
+    (``refusal`` formatted with the job's id and status) when the job is not in a state that allows it."""
     job = get_job(session, caller, job_id)
-    # One conditional UPDATE: a worker finishing at the same moment cannot be overwritten, nor overwrite us.
-    # The worker sees `cancelled` before its next optimizer step and stops.
-    if not state.transition(session, job.pk, "cancelled", finished_at=now(), estimated_finish=None):
+    if not state.transition(session, job.pk, new, **values):
         session.refresh(job)
-        raise APIError(400, f"Job {job.id} has already {job.status} and cannot be cancelled.",
-                       param="fine_tuning_job_id", code="job_not_cancellable")
-    add_event(session, job.pk, "Fine-tuning job cancelled by the user")
+        raise APIError(400, refusal.format(id=job.id, status=job.status), param="fine_tuning_job_id", code=code)
+    add_event(session, job.pk, event)
     session.flush()
     session.refresh(job)
     return job
+
+
+def cancel_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
+    # One conditional UPDATE: a worker finishing at the same moment cannot be overwritten, nor overwrite us.
+    # The worker sees `cancelled` before its next optimizer step and stops.
+    return _user_move(session, caller, job_id, "cancelled", "Fine-tuning job cancelled by the user",
+                      "Job {id} has already {status} and cannot be cancelled.", "job_not_cancellable",
+                      finished_at=now(), estimated_finish=None)
 
 
 def pause_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
     """running/queued -> paused. A running job's worker sees it before its next step, saves a
     checkpoint there and frees itself; resume continues from that checkpoint."""
-    job = get_job(session, caller, job_id)
-    if not state.transition(session, job.pk, "paused", expected=["validating_files", "queued", "running"],
-                            estimated_finish=None):
-        session.refresh(job)
-        raise APIError(400, f"Job {job.id} is {job.status} and cannot be paused.", param="fine_tuning_job_id",
-                       code="job_not_pausable")
-    add_event(session, job.pk, "Fine-tuning job paused by the user")
-    session.flush()
-    session.refresh(job)
-    return job
+    return _user_move(session, caller, job_id, "paused", "Fine-tuning job paused by the user",
+                      "Job {id} is {status} and cannot be paused.", "job_not_pausable",
+                      expected=["validating_files", "queued", "running"], estimated_finish=None)
 
 
 def resume_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
     """paused -> queued; the caller sends the job to the workers after the commit."""
-    job = get_job(session, caller, job_id)
-    if not state.transition(session, job.pk, "queued", expected=["paused"], enqueued_at=None):
-        session.refresh(job)
-        raise APIError(400, f"Job {job.id} is {job.status}; only a paused job can be resumed.",
-                       param="fine_tuning_job_id", code="job_not_resumable")
-    add_event(session, job.pk, "Fine-tuning job resumed by the user; it continues from its last checkpoint")
-    session.flush()
-    session.refresh(job)
-    return job
+    return _user_move(session, caller, job_id, "queued",
+                      "Fine-tuning job resumed by the user; it continues from its last checkpoint",
+                      "Job {id} is {status}; only a paused job can be resumed.", "job_not_resumable",
+                      expected=["paused"], enqueued_at=None)
 
 
 def queued_event(session: Session, job: FineTuningJob) -> None:
