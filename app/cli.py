@@ -146,23 +146,79 @@ def keys() -> None:
     """API keys."""
 
 
-@keys.command("create")
-@click.option("--project", required=True, help="Project name (created if it does not exist).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-def keys_create(project: str, data_dir: Path | None) -> None:
-    """Create an API key for PROJECT and print it (it is shown only once)."""
-    import re
-
-    from app.core.auth import create_key
+def _keys_session(data_dir: Path | None):
     from app.core.db import session_scope
 
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", project):
-        raise click.BadParameter("use letters, digits, '-' and '_' (at most 64)", param_hint="--project")
     settings = _apply_overrides(data_dir=data_dir)
     migrate_database(settings)
-    with session_scope(settings.resolved_database_url) as session:
-        secret = create_key(session, project)
+    return session_scope(settings.resolved_database_url)
+
+
+@keys.command("create")
+@click.option("--project", default=None, help="Project name (created if it does not exist).")
+@click.option("--admin", "admin", is_flag=True, help="An admin key (projects, keys, base models; no project).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def keys_create(project: str | None, admin: bool, data_dir: Path | None) -> None:
+    """Create an API key for PROJECT (or an admin key) and print it (it is shown only once)."""
+    import re
+
+    from app.core.auth import create_admin_key, create_key
+
+    if admin == (project is not None):
+        raise click.UsageError("give either --project NAME or --admin")
+    if project is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", project):
+        raise click.BadParameter("use letters, digits, '-' and '_' (at most 64)", param_hint="--project")
+    with _keys_session(data_dir) as session:
+        secret = create_admin_key(session) if admin else create_key(session, project)
     click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--project", default=None, help="Only this project's keys.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def keys_list(project: str | None, data_dir: Path | None) -> None:
+    """One line per key: id, role, project, prefix, created, and `revoked` or `active` (never the secret)."""
+    from app.core.auth import list_keys
+
+    with _keys_session(data_dir) as session:
+        for key, proj in list_keys(session, project):
+            state = f"revoked@{key.revoked_at}" if key.revoked_at else "active"
+            click.echo(f"{key.id}\t{key.role}\t{proj.name if proj else '-'}\t{key.display_prefix}...\t"
+                       f"{key.created_at}\t{state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def keys_revoke(key_id: str, data_dir: Path | None) -> None:
+    """Revoke KEY_ID: it is refused from the next request on."""
+    from app.core.auth import revoke_key
+
+    with _keys_session(data_dir) as session:
+        try:
+            revoke_key(session, key_id)
+        except LookupError:
+            raise click.ClickException(f"no key with id {key_id}") from None
+        session.commit()
+    click.echo(f"revoked {key_id}")
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def keys_rotate(key_id: str, data_dir: Path | None) -> None:
+    """Print a new key of the same kind and project as KEY_ID (shown once); KEY_ID is revoked."""
+    from app.core.auth import rotate_key
+
+    with _keys_session(data_dir) as session:
+        try:
+            row, secret = rotate_key(session, key_id)
+        except LookupError:
+            raise click.ClickException(f"no key with id {key_id}") from None
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        session.commit()
+    click.echo(f"{row.id} {secret}")
 
 
 # --- data preparation and evaluation (issue 9) ---

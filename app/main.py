@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from app.api.routes import evaluations, files, fine_tuning, inference, ops
 from app.api.routes import legacy as legacy_fine_tunes
-from app.api.routes import uploads, webhooks
+from app.api.routes import admin, uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.services.event_bus import configure_publisher
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     install_error_handlers(app)
-    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks):
+    for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks, admin):
         app.include_router(module.router)
     return app
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.core.ids import now
@@ -33,13 +33,18 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
-    project_pk: Mapped[int] = mapped_column(ForeignKey("projects.pk", ondelete="CASCADE"), index=True)
+    # "project" keys use one project's API; "admin" keys (no project) manage projects, keys, base models.
+    role: Mapped[str] = mapped_column(String(16), default="project", server_default="project")
+    project_pk: Mapped[int | None] = mapped_column(ForeignKey("projects.pk", ondelete="CASCADE"), index=True,
+                                                   nullable=True)
     # sha256 of the secret; the secret itself is shown once and never stored.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     display_prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    project: Mapped[Project] = relationship()
+    project: Mapped[Project | None] = relationship()
+    __table_args__ = (CheckConstraint("(role = 'project' AND project_pk IS NOT NULL) OR "
+                                      "(role = 'admin' AND project_pk IS NULL)", name="ck_api_keys_role_project"),)
 
 
 class File(Base):

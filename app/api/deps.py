@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from app.core.auth import Caller, current_caller
+from app.core.auth import AdminCaller, Caller, current_admin, current_caller
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.services.storage import Storage
@@ -27,7 +27,8 @@ def storage_dep(request: Request) -> Storage:
 
 
 CallerDep = Depends(current_caller)
+AdminDep = Depends(current_admin)
 SessionDep = Depends(session_dep)
 SettingsDep = Depends(settings_dep)
 StorageDep = Depends(storage_dep)
-__all__ = ["Caller", "CallerDep", "SessionDep", "SettingsDep", "StorageDep"]
+__all__ = ["AdminCaller", "AdminDep", "Caller", "CallerDep", "SessionDep", "SettingsDep", "StorageDep"]

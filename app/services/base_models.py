@@ -26,7 +26,7 @@ class BaseModel:
     created: int
 
 
-def _is_model_dir(path: Path) -> bool:
+def is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
@@ -35,7 +35,7 @@ def list_base_models(settings: Settings) -> list[BaseModel]:
     found = {}
     if root.is_dir():
         for child in sorted(root.iterdir()):
-            if child.is_dir() and not child.name.startswith(".") and _is_model_dir(child):
+            if child.is_dir() and not child.name.startswith(".") and is_model_dir(child):
                 found[child.name] = BaseModel(child.name, child, int((child / "config.json").stat().st_mtime))
     if SMOLLM2 not in found:
         found[SMOLLM2] = BaseModel(SMOLLM2, root / SMOLLM2, 0)
@@ -53,10 +53,10 @@ def ensure_base_model(settings: Settings, name: str) -> Path:
     model = find_base_model(settings, name)
     if model is None:
         raise LookupError(f"unknown base model {name!r}")
-    if not _is_model_dir(model.path) and name == SMOLLM2:
+    if not is_model_dir(model.path) and name == SMOLLM2:
         from worker.training.model_loading import import_gguf, smollm2_gguf_path
 
         with _import_lock:
-            if not _is_model_dir(model.path):
+            if not is_model_dir(model.path):
                 import_gguf(smollm2_gguf_path(), model.path)
     return model.path
