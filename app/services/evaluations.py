@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
@@ -14,6 +14,7 @@ from app.protocol.evaluations import CreateEvaluationRequest, CriterionResult, D
 from app.protocol.evaluations import Evaluation as EvaluationWire
 from app.services.files import get_file
 from app.services.models import resolve_model
+from app.services.scope import scoped
 from worker.evaluation import report_table
 
 
@@ -56,15 +57,14 @@ def create_evaluation(session: Session, settings: Settings, caller: Caller,
 
 
 def get_evaluation(session: Session, caller: Caller, evaluation_id: str) -> Evaluation:
-    row = session.scalar(select(Evaluation).where(Evaluation.id == evaluation_id,
-                                                  Evaluation.project_pk == caller.project_pk))
+    row = session.scalar(scoped(Evaluation, caller).where(Evaluation.id == evaluation_id))
     if row is None:
         raise not_found("evaluation", evaluation_id)
     return row
 
 
 def list_evaluations(session: Session, caller: Caller, *, limit: int, after: str | None) -> tuple[list[Evaluation], bool]:
-    query = select(Evaluation).where(Evaluation.project_pk == caller.project_pk)
+    query = scoped(Evaluation, caller)
     if after:
         query = query.where(Evaluation.pk < get_evaluation(session, caller, after).pk)
     rows = list(session.scalars(query.order_by(Evaluation.pk.desc()).limit(limit + 1)))

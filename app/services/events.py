@@ -7,10 +7,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.core.auth import Caller
 from app.core.ids import new_id
 from app.models import JobEvent
 from app.protocol.fine_tuning import JobEvent as JobEventWire
 from app.services.event_bus import note_event
+from app.services.scope import scoped
 
 
 def add_event(session: Session, job_pk: int, message: str, *, level: str = "info", type: str = "message",
@@ -27,8 +29,9 @@ def to_wire(row: JobEvent) -> JobEventWire:
                         type=row.type, data=row.data or {})
 
 
-def events_newest_first(session: Session, job_pk: int, *, limit: int, after_pk: int | None) -> tuple[list[JobEvent], bool]:
-    query = select(JobEvent).where(JobEvent.job_pk == job_pk)
+def events_newest_first(session: Session, caller: Caller, job_pk: int, *, limit: int,
+                        after_pk: int | None) -> tuple[list[JobEvent], bool]:
+    query = scoped(JobEvent, caller).where(JobEvent.job_pk == job_pk)
     if after_pk is not None:
         query = query.where(JobEvent.pk < after_pk)
     rows = list(session.scalars(query.order_by(JobEvent.pk.desc()).limit(limit + 1)))
@@ -41,5 +44,6 @@ def events_since(session: Session, job_pk: int, since_pk: int, limit: int = 500)
     return list(session.scalars(query.order_by(JobEvent.pk.asc()).limit(limit)))
 
 
-def event_pk(session: Session, job_pk: int, event_id: str) -> int | None:
-    return session.scalar(select(JobEvent.pk).where(JobEvent.job_pk == job_pk, JobEvent.id == event_id))
+def event_pk(session: Session, caller: Caller, job_pk: int, event_id: str) -> int | None:
+    return session.scalar(scoped(JobEvent, caller, JobEvent.pk).where(JobEvent.job_pk == job_pk,
+                                                                      JobEvent.id == event_id))

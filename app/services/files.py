@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import BinaryIO
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
-from app.core.errors import APIError, invalid, not_found
+from app.core.errors import APIError, invalid
 from app.core.ids import new_id
 from app.models import File
 from app.protocol.files import FileObject
+from app.services.scope import owned, scoped
 from app.services.storage import CHUNK, Storage
 from worker.training.validation import InvalidExample, validate_lines
 
@@ -41,7 +42,9 @@ def _lines(source: BinaryIO, sink, limit: int):
 
 
 def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
-                filename: str, purpose: str, max_bytes: int) -> File:
+                filename: str, purpose: str, max_bytes: int, with_row=None) -> File:
+    """Validate while streaming to storage, then commit the row. `with_row(row)`, if given, runs
+    just before that commit, so what it changes is committed together with the file."""
     if purpose not in PURPOSES:
         raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
                       param="purpose", code="invalid_purpose")
@@ -57,6 +60,8 @@ def create_file(session: Session, storage: Storage, caller: Caller, *, upload: B
         row = File(id=file_id, project_pk=caller.project_pk, filename=filename[:512] or "upload.jsonl",
                    purpose=purpose, bytes=writer.bytes, status="processed", storage_key=key,
                    data_format=summary.format, n_examples=summary.n_examples)
+        if with_row is not None:
+            with_row(row)
         commit_with_file(session, storage, writer, key, row)
     return row
 
@@ -75,15 +80,12 @@ def commit_with_file(session: Session, storage: Storage, writer, key: str, row: 
 
 
 def get_file(session: Session, caller: Caller, file_id: str, *, param: str | None = None) -> File:
-    row = session.scalar(select(File).where(File.id == file_id, File.project_pk == caller.project_pk))
-    if row is None:
-        raise not_found("file", file_id, param=param)
-    return row
+    return owned(session, File, caller, file_id, kind="file", param=param)
 
 
 def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: int, after: str | None,
                order: str) -> tuple[list[File], bool]:
-    query = select(File).where(File.project_pk == caller.project_pk)
+    query = scoped(File, caller)
     if purpose:
         query = query.where(File.purpose == purpose)
     descending = order != "asc"
@@ -96,10 +98,38 @@ def list_files(session: Session, caller: Caller, *, purpose: str | None, limit: 
 
 
 def delete_file(session: Session, storage: Storage, caller: Caller, file_id: str) -> None:
+    """The row first (committed), then the bytes: a failed commit leaves the file whole; bytes that
+    cannot be removed afterwards are only an orphan in storage, never a row without its content."""
     row = get_file(session, caller, file_id)
+    key = row.storage_key
     session.delete(row)
-    session.flush()
-    storage.delete(row.storage_key)
+    session.commit()
+    try:
+        storage.delete(key)
+    except Exception:  # noqa: BLE001 - the file is gone for the client; the bytes are logged as orphaned
+        logging.getLogger("whetstone.files").exception("file %s deleted; its bytes %s could not be removed",
+                                                       file_id, key)
+
+
+def open_content(session: Session, storage: Storage, caller: Caller, file_id: str) -> tuple[File, BinaryIO]:
+    """The caller's file and its bytes, opened now: content that has gone missing is a 404 before
+    any byte of the answer is sent, not a stream that breaks halfway."""
+    row = get_file(session, caller, file_id)
+    try:
+        return row, storage.open(row.storage_key)
+    except FileNotFoundError:
+        logging.getLogger("whetstone.files").error("file %s: its content %s is missing from storage",
+                                                   file_id, row.storage_key)
+        raise APIError(404, f"The content of file '{file_id}' is not available.", param="file_id",
+                       code="file_content_missing") from None
+
+
+def iter_content(handle: BinaryIO):
+    try:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+    finally:
+        handle.close()
 
 
 # --- file validation (issue 9): the prepare-data checks on a stored file ---

@@ -9,12 +9,12 @@ import hashlib
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
 from app.core.errors import invalid
 from app.models import IdempotencyKey
+from app.services.scope import scoped
 
 MAX_KEY_LENGTH = 255
 
@@ -36,8 +36,7 @@ def check_key(key: str | None) -> str | None:
 
 def lookup(session: Session, caller: Caller, scope: str, key: str, request_hash: str) -> str | None:
     """The id of the object created earlier with this key, None if the key is new; 400 if the body differs."""
-    row = session.scalar(select(IdempotencyKey).where(IdempotencyKey.project_pk == caller.project_pk,
-                                                      IdempotencyKey.scope == scope, IdempotencyKey.key == key))
+    row = session.scalar(scoped(IdempotencyKey, caller).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key))
     if row is None:
         return None
     if row.request_hash != request_hash:

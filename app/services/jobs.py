@@ -5,20 +5,20 @@ from __future__ import annotations
 import random
 from datetime import datetime, timezone
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
 from app.core.config import Settings
 from app.core.errors import APIError, invalid, not_found
 from app.core.ids import new_id, now
-from app.models import Checkpoint, File, FineTuningJob
+from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
 from app.protocol.fine_tuning import CreateJobRequest, Hyperparameters, JobCheckpoint, JobError
 from app.protocol.fine_tuning import FineTuningJob as FineTuningJobWire
 from app.services.base_models import find_base_model
 from app.services.files import get_file
 from app.services import job_state as state
 from app.services.events import add_event
+from app.services.scope import owned, scoped
 
 TERMINAL = state.TERMINAL
 
@@ -96,16 +96,12 @@ def create_job(session: Session, settings: Settings, caller: Caller, request: Cr
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
-    job = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id,
-                                                     FineTuningJob.project_pk == caller.project_pk))
-    if job is None:
-        raise not_found("fine-tuning job", job_id)
-    return job
+    return owned(session, FineTuningJob, caller, job_id, kind="fine-tuning job")
 
 
 def list_jobs(session: Session, caller: Caller, *, limit: int, after: str | None,
               metadata: dict[str, str] | None = None) -> tuple[list[FineTuningJob], bool]:
-    query = select(FineTuningJob).where(FineTuningJob.project_pk == caller.project_pk)
+    query = scoped(FineTuningJob, caller)
     for key, value in (metadata or {}).items():  # metadata[key]=value: every pair must match
         query = query.where(FineTuningJob.job_metadata[key].as_string() == value)
     if after:
@@ -157,18 +153,25 @@ def queued_event(session: Session, job: FineTuningJob) -> None:
     add_event(session, job.pk, f"Job is at position {position} in the queue", data={"queue_position": position})
 
 
+def adapter_of(session: Session, caller: Caller, job: FineTuningJob) -> str | None:
+    """Where the job's fine-tuned model's adapter is stored (None before it has one)."""
+    return session.scalar(scoped(FineTunedModel, caller, FineTunedModel.adapter_path)
+                          .where(FineTunedModel.job_pk == job.pk))
+
+
 def checkpoint_to_wire(row: Checkpoint, job: FineTuningJob) -> JobCheckpoint:
     return JobCheckpoint(id=row.id, created_at=row.created_at, fine_tuned_model_checkpoint=row.model_id,
                          fine_tuning_job_id=job.id, step_number=row.step_number,
                          metrics={k: float(v) for k, v in row.metrics.items() if v is not None})
 
 
-def list_checkpoints(session: Session, job: FineTuningJob, *, limit: int, after: str | None) -> tuple[list[Checkpoint], bool]:
-    query = select(Checkpoint).where(Checkpoint.job_pk == job.pk)
+def list_checkpoints(session: Session, caller: Caller, job: FineTuningJob, *, limit: int,
+                     after: str | None) -> tuple[list[Checkpoint], bool]:
+    query = scoped(Checkpoint, caller).where(Checkpoint.job_pk == job.pk)
     if after:
-        cursor = session.scalar(select(Checkpoint.pk).where(Checkpoint.job_pk == job.pk, Checkpoint.id == after))
-        if cursor is None:
+        cursor = owned(session, Checkpoint, caller, after, kind="checkpoint", param="after")
+        if cursor.job_pk != job.pk:
             raise not_found("checkpoint", after, param="after")
-        query = query.where(Checkpoint.pk < cursor)
+        query = query.where(Checkpoint.pk < cursor.pk)
     rows = list(session.scalars(query.order_by(Checkpoint.pk.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

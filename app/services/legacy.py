@@ -7,7 +7,6 @@ which also gives the job its legacy model name and results columns."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
@@ -19,6 +18,7 @@ from app.protocol.fine_tuning import CreateJobRequest, Hyperparameters
 from app.protocol.legacy import CreateFineTuneRequest, FineTune, FineTuneEvent
 from app.services import files as file_service
 from app.services import jobs as job_service
+from app.services.scope import scoped
 
 STATUS = {"validating_files": "pending", "queued": "pending", "paused": "pending", "running": "running",
           "succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
@@ -58,12 +58,12 @@ def get_fine_tune(session: Session, caller: Caller, job_id: str) -> FineTuningJo
 
 
 def list_fine_tunes(session: Session, caller: Caller) -> list[FineTuningJob]:
-    return list(session.scalars(select(FineTuningJob).where(FineTuningJob.project_pk == caller.project_pk)
+    return list(session.scalars(scoped(FineTuningJob, caller)
                                 .order_by(FineTuningJob.pk.asc())))
 
 
 def events_oldest_first(session: Session, job: FineTuningJob) -> list[FineTuneEvent]:
-    rows = session.scalars(select(JobEvent).where(JobEvent.job_pk == job.pk).order_by(JobEvent.pk.asc()))
+    rows = session.scalars(scoped(JobEvent, job.project_pk).where(JobEvent.job_pk == job.pk).order_by(JobEvent.pk.asc()))
     return [event_to_wire(r.created_at, r.level, r.message) for r in rows]
 
 
@@ -72,7 +72,7 @@ def event_to_wire(created_at: int, level: str, message: str) -> FineTuneEvent:
 
 
 def _files(session: Session, caller: Caller, ids: list[str]) -> list[FileObject]:
-    rows = session.scalars(select(File).where(File.project_pk == caller.project_pk, File.id.in_(ids))) if ids else []
+    rows = session.scalars(scoped(File, caller).where(File.id.in_(ids))) if ids else []
     by_id = {r.id: file_service.to_wire(r) for r in rows}
     return [by_id[i] for i in ids if i in by_id]
 

@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
@@ -15,6 +14,7 @@ from app.core.errors import APIError
 from app.models import Checkpoint, FineTunedModel, FineTuningJob
 from app.protocol.models import ModelObject
 from app.services.base_models import OWNER, find_base_model, list_base_models
+from app.services.scope import scoped
 from app.services.storage import storage_for
 
 
@@ -35,14 +35,11 @@ def model_not_found(model_id: str) -> APIError:
 def resolve_model(session: Session, settings: Settings, caller: Caller, model_id: str) -> ModelTarget:
     if find_base_model(settings, model_id) is not None:
         return ModelTarget(model_id, model_id, None)
-    row = session.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id,
-                                                      FineTunedModel.project_pk == caller.project_pk))
+    row = session.scalar(scoped(FineTunedModel, caller).where(FineTunedModel.id == model_id))
     if row is not None:
         return ModelTarget(model_id, row.base_model, _adapter_dir(settings, model_id, row.adapter_path))
-    found = session.execute(
-        select(Checkpoint, FineTuningJob).join(FineTuningJob, Checkpoint.job_pk == FineTuningJob.pk)
-        .where(Checkpoint.model_id == model_id, FineTuningJob.project_pk == caller.project_pk)
-    ).first()
+    found = session.execute(scoped(Checkpoint, caller, Checkpoint, FineTuningJob)
+                            .where(Checkpoint.model_id == model_id)).first()
     if found is not None:
         checkpoint, job = found
         return ModelTarget(model_id, job.model, _adapter_dir(settings, model_id, checkpoint.adapter_path))
@@ -59,8 +56,7 @@ def _adapter_dir(settings: Settings, model_id: str, ref: str) -> Path:
 
 def list_models(session: Session, settings: Settings, caller: Caller) -> list[ModelObject]:
     models = [ModelObject(id=m.name, created=m.created, owned_by=OWNER) for m in list_base_models(settings)]
-    rows = session.scalars(select(FineTunedModel).where(FineTunedModel.project_pk == caller.project_pk)
-                           .order_by(FineTunedModel.pk))
+    rows = session.scalars(scoped(FineTunedModel, caller).order_by(FineTunedModel.pk))
     models += [ModelObject(id=r.id, created=r.created_at, owned_by=caller.project_name) for r in rows]
     return models
 
@@ -71,8 +67,7 @@ def delete_model(session: Session, settings: Settings, caller: Caller, model_id:
     if find_base_model(settings, model_id) is not None:
         raise APIError(403, f"The model '{model_id}' is a base model and cannot be deleted.",
                        type="invalid_request_error", param="model", code="model_not_deletable")
-    row = session.scalar(select(FineTunedModel).where(FineTunedModel.id == model_id,
-                                                      FineTunedModel.project_pk == caller.project_pk))
+    row = session.scalar(scoped(FineTunedModel, caller).where(FineTunedModel.id == model_id))
     if row is None:
         raise model_not_found(model_id)
     ref = row.adapter_path

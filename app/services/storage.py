@@ -99,7 +99,7 @@ class LocalStorage:
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
             try:
                 shutil.copytree(source, staging, dirs_exist_ok=True)
-                os.replace(staging, target)
+                _swap_in(staging, target)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -122,6 +122,24 @@ class LocalStorage:
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.root, prefix=".ready-"):
             pass
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Put the directory `staging` at `target`. os.replace cannot replace a non-empty directory, so
+    an existing one (a checkpoint published again after a retried run) is first renamed aside and
+    removed once the new one is in place; if the swap fails the old one is put back."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, aside / "d")
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(aside / "d", target)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 class AtomicWriter:

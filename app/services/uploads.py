@@ -7,21 +7,22 @@ from __future__ import annotations
 import hashlib
 from typing import BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
 from app.core.config import Settings
-from app.core.errors import APIError, invalid, not_found
+from app.core.errors import APIError, invalid
 from app.core.ids import new_id, now
 from app.models import File, Upload, UploadPart
 from app.protocol.uploads import CompleteUploadRequest, CreateUploadRequest, UploadObject, UploadPartObject
 from app.services import files as file_service
+from app.services.scope import owned, scoped
 from app.services.storage import CHUNK, Storage
 
 
 def to_wire(session: Session, row: Upload) -> UploadObject:
-    file = session.scalar(select(File).where(File.id == row.file_id)) if row.file_id else None
+    file = session.scalar(scoped(File, row.project_pk).where(File.id == row.file_id)) if row.file_id else None
     return UploadObject(id=row.id, bytes=row.bytes, created_at=row.created_at, expires_at=row.expires_at,
                         filename=row.filename, purpose=row.purpose, status=row.status,
                         file=file_service.to_wire(file) if file else None)
@@ -47,14 +48,11 @@ def create_upload(session: Session, settings: Settings, caller: Caller, request:
 
 
 def get_upload(session: Session, caller: Caller, upload_id: str) -> Upload:
-    row = session.scalar(select(Upload).where(Upload.id == upload_id, Upload.project_pk == caller.project_pk))
-    if row is None:
-        raise not_found("upload", upload_id)
-    return row
+    return owned(session, Upload, caller, upload_id, kind="upload")
 
 
-def _pending(session: Session, caller: Caller, upload_id: str) -> Upload:
-    row = get_upload(session, caller, upload_id)
+def _pending(session: Session, caller: Caller, upload_id: str, *, lock: bool = False) -> Upload:
+    row = owned(session, Upload, caller, upload_id, kind="upload", lock=lock)
     if row.status == "pending" and now() > row.expires_at:
         row.status = "expired"
         session.commit()
@@ -65,13 +63,13 @@ def _pending(session: Session, caller: Caller, upload_id: str) -> Upload:
 
 
 def _parts(session: Session, upload: Upload) -> list[UploadPart]:
-    return list(session.scalars(select(UploadPart).where(UploadPart.upload_pk == upload.pk)))
+    return list(session.scalars(scoped(UploadPart, upload.project_pk).where(UploadPart.upload_pk == upload.pk)))
 
 
 def add_part(session: Session, storage: Storage, settings: Settings, caller: Caller, upload_id: str,
              data: BinaryIO) -> tuple[UploadPart, Upload]:
     upload = _pending(session, caller, upload_id)
-    received = session.scalar(select(func.coalesce(func.sum(UploadPart.bytes), 0))
+    received = session.scalar(scoped(UploadPart, caller, func.coalesce(func.sum(UploadPart.bytes), 0))
                               .where(UploadPart.upload_pk == upload.pk))
     part_id = new_id("part")
     key = f"{caller.project_id}/uploads/{upload.id}/{part_id}"
@@ -110,7 +108,7 @@ class PartsReader:
 
 def complete_upload(session: Session, storage: Storage, caller: Caller, upload_id: str,
                     request: CompleteUploadRequest) -> Upload:
-    upload = _pending(session, caller, upload_id)
+    upload = _pending(session, caller, upload_id, lock=True)  # a concurrent complete waits, then sees it done
     by_id = {p.id: p for p in _parts(session, upload)}
     unknown = [i for i in request.part_ids if i not in by_id]
     if unknown:
@@ -130,11 +128,13 @@ def complete_upload(session: Session, storage: Storage, caller: Caller, upload_i
         if digest.hexdigest() != request.md5.lower():
             raise invalid("The md5 of the assembled parts does not match the md5 given.", param="md5",
                           code="md5_mismatch")
-    upload.status = "completed"
-    row = file_service.create_file(session, storage, caller, upload=PartsReader(storage, ordered),
-                                   filename=upload.filename, purpose=upload.purpose, max_bytes=upload.bytes)
-    upload.file_id = row.id
-    session.commit()
+
+    def completed(row: File) -> None:  # committed with the file itself: never `completed` without a file_id
+        upload.status, upload.file_id = "completed", row.id
+
+    file_service.create_file(session, storage, caller, upload=PartsReader(storage, ordered),
+                             filename=upload.filename, purpose=upload.purpose, max_bytes=upload.bytes,
+                             with_row=completed)
     _drop_parts(storage, ordered)
     return upload
 

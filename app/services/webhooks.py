@@ -6,13 +6,13 @@ import base64
 import secrets
 from urllib.parse import urlparse
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.errors import invalid, not_found
+from app.core.errors import invalid
 from app.core.ids import new_id
 from app.models import FineTuningJob, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.protocol.webhooks import WebhookAttemptObject, WebhookDeliveryObject, WebhookEndpointObject
+from app.services.scope import owned, scoped
 
 EVENT_TYPES = ("fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled")
 
@@ -32,16 +32,11 @@ def create_endpoint(session: Session, project_pk: int, url: str) -> WebhookEndpo
 
 
 def list_endpoints(session: Session, project_pk: int) -> list[WebhookEndpoint]:
-    return list(session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.project_pk == project_pk)
-                                .order_by(WebhookEndpoint.pk)))
+    return list(session.scalars(scoped(WebhookEndpoint, project_pk).order_by(WebhookEndpoint.pk)))
 
 
 def get_endpoint(session: Session, project_pk: int, endpoint_id: str) -> WebhookEndpoint:
-    row = session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
-                                                       WebhookEndpoint.project_pk == project_pk))
-    if row is None:
-        raise not_found("webhook endpoint", endpoint_id)
-    return row
+    return owned(session, WebhookEndpoint, project_pk, endpoint_id, kind="webhook endpoint")
 
 
 def delete_endpoint(session: Session, project_pk: int, endpoint_id: str) -> None:
@@ -55,11 +50,12 @@ def endpoint_to_wire(row: WebhookEndpoint, *, with_secret: bool = False) -> Webh
 
 
 def list_deliveries(session: Session, endpoint: WebhookEndpoint) -> list[WebhookDeliveryObject]:
-    rows = session.execute(select(WebhookDelivery, FineTuningJob.id).join(FineTuningJob)
+    rows = session.execute(scoped(WebhookDelivery, endpoint.project_pk, WebhookDelivery, FineTuningJob.id)
+                           .join(FineTuningJob, WebhookDelivery.job_pk == FineTuningJob.pk)
                            .where(WebhookDelivery.endpoint_pk == endpoint.pk).order_by(WebhookDelivery.pk)).all()
     attempts: dict[int, list[WebhookAttemptObject]] = {}
     if rows:
-        for a in session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_pk.in_([d.pk for d, _ in rows]))
+        for a in session.scalars(scoped(WebhookAttempt, endpoint.project_pk).where(WebhookAttempt.delivery_pk.in_([d.pk for d, _ in rows]))
                                  .order_by(WebhookAttempt.pk)):
             attempts.setdefault(a.delivery_pk, []).append(WebhookAttemptObject(
                 attempted_at=a.attempted_at, status_code=a.status_code, error=a.error, duration_ms=a.duration_ms))

@@ -84,9 +84,9 @@ def delete_file(file_id: str, caller: Caller = CallerDep, session: Session = Ses
 @router.get("/{file_id}/content")
 def file_content(file_id: str, caller: Caller = CallerDep, session: Session = SessionDep,
                  storage: Storage = StorageDep) -> StreamingResponse:
-    row = service.get_file(session, caller, file_id)
+    row, handle = service.open_content(session, storage, caller, file_id)
     media = "text/csv" if row.storage_key.endswith(".csv") else "application/jsonl"
-    return StreamingResponse(storage.iter_bytes(row.storage_key), media_type=media,
+    return StreamingResponse(service.iter_content(handle), media_type=media,
                              headers={"content-length": str(row.bytes)})
 
 

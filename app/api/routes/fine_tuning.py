@@ -7,7 +7,6 @@ import logging
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,7 +14,6 @@ from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import APIError
-from app.models import FineTunedModel
 from app.protocol.common import ListResponse
 from app.protocol.fine_tuning import CreateJobRequest, FineTuningJob, JobCheckpoint, JobEvent
 from app.services import events as event_service
@@ -107,10 +105,10 @@ def list_events(
         if not stream:
             after_pk = None
             if after:
-                after_pk = event_service.event_pk(session, job.pk, after)
+                after_pk = event_service.event_pk(session, caller, job.pk, after)
                 if after_pk is None:
                     raise APIError(404, f"No such event: '{after}'", param="after")
-            rows, has_more = event_service.events_newest_first(session, job.pk, limit=limit, after_pk=after_pk)
+            rows, has_more = event_service.events_newest_first(session, caller, job.pk, limit=limit, after_pk=after_pk)
             return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
     since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     return StreamingResponse(
@@ -124,7 +122,7 @@ def list_events(
 def list_checkpoints(job_id: str, limit: int = Query(10, ge=1, le=100), after: str | None = None,
                      caller: Caller = CallerDep, session: Session = SessionDep) -> ListResponse[JobCheckpoint]:
     job = service.get_job(session, caller, job_id)
-    rows, has_more = service.list_checkpoints(session, job, limit=limit, after=after)
+    rows, has_more = service.list_checkpoints(session, caller, job, limit=limit, after=after)
     data = [service.checkpoint_to_wire(r, job) for r in rows]
     return ListResponse[JobCheckpoint](data=data, has_more=has_more, first_id=data[0].id if data else None,
                                        last_id=data[-1].id if data else None)
@@ -138,7 +136,7 @@ def export_model(job_id: str, kind: str = Query("adapter", pattern="^(adapter|me
     from app.services.export import export_archive
 
     job = service.get_job(session, caller, job_id)
-    adapter_ref = session.scalar(select(FineTunedModel.adapter_path).where(FineTunedModel.job_pk == job.pk))
+    adapter_ref = service.adapter_of(session, caller, job)
     archive = export_archive(settings, job, kind, adapter_ref if job.status == "succeeded" else None)
     name = f"{job.fine_tuned_model.replace(':', '_')}-{kind}.zip"
     return FileResponse(archive, media_type="application/zip", filename=name)
