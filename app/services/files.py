@@ -111,6 +111,15 @@ def delete_file(session: Session, storage: Storage, caller: Caller, file_id: str
                                                        file_id, key)
 
 
+def discard_new_file(session: Session, storage: Storage, caller: Caller, row: File) -> None:
+    """Take back a file this request has just committed (row, then bytes), after a failed later step."""
+    file_id, key = row.id, row.storage_key
+    session.rollback()
+    session.delete(owned(session, File, caller, file_id, kind="file"))
+    session.commit()
+    storage.delete(key)
+
+
 def open_content(session: Session, storage: Storage, caller: Caller, file_id: str) -> tuple[File, BinaryIO]:
     """The caller's file and its bytes, opened now: content that has gone missing is a 404 before
     any byte of the answer is sent, not a stream that breaks halfway."""

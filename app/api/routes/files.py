@@ -6,13 +6,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Body, File, Form, Header, Query, UploadFile
 from fastapi.responses import StreamingResponse
-from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, StorageDep
 from app.core.config import Settings
-from app.models import File as FileRow
 from app.protocol.common import ListResponse
 from app.protocol.files import FileDeleted, FileObject, FileValidation, ValidateFileRequest
 from app.services import files as service
@@ -41,14 +39,10 @@ def upload_file(
     row = service.create_file(session, storage, caller, upload=file.file, filename=file.filename or "",
                               purpose=purpose, max_bytes=settings.max_upload_bytes)
     if key:
-        file_pk, storage_key = row.pk, row.storage_key
         try:
             idempotency.remember(session, caller, "file", key, body_hash, row.id)
         except IntegrityError:  # a concurrent retry with this key stored its file first: answer with that one
-            session.rollback()  # and take ours back, row and bytes, so nothing is left half there
-            session.execute(delete(FileRow).where(FileRow.pk == file_pk))
-            session.commit()
-            storage.delete(storage_key)
+            service.discard_new_file(session, storage, caller, row)  # and take ours back, row and bytes
             return service.to_wire(service.get_file(session, caller,
                                                     idempotency.lookup(session, caller, "file", key, body_hash)))
     return service.to_wire(row)
