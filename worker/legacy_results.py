@@ -96,7 +96,7 @@ def multiclass_metrics(truth: list[str], predicted: list[str]) -> dict[str, floa
 def classification_metrics(base_model_dir: Path, adapter_dir: Path, validation_file: Path,
                            options: dict[str, Any], max_seq_len: int = 1024) -> dict[str, float]:
     import torch
-    from peft import PeftModel
+    from app.core.safe_loading import load_adapter
 
     from worker.training.data import read_jsonl, tokenize_example
     from worker.training.model_loading import load_base_model
@@ -106,7 +106,7 @@ def classification_metrics(base_model_dir: Path, adapter_dir: Path, validation_f
         raise ValueError("classification metrics need a validation file of prompt/completion examples")
     classes = sorted({e["completion"] for e in examples})
     model, tokenizer = load_base_model(base_model_dir, "cpu")
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    model = load_adapter(model, adapter_dir).eval()
 
     @torch.no_grad()
     def log_likelihood(prompt: str, completion: str) -> float:

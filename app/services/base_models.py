@@ -48,6 +48,20 @@ def find_base_model(settings: Settings, name: str) -> BaseModel | None:
     return next((m for m in list_base_models(settings) if m.name == name), None)
 
 
+def refuse_unsafe(model: BaseModel) -> None:
+    """400 for a registry model this server will not load (it would need remote code, or holds
+    pickle weights). The built-in one before its import has nothing to check yet."""
+    from app.core.errors import invalid
+    from app.core.safe_loading import UnsafeModelError, check_base_model_dir
+
+    if model.name == SMOLLM2 and not is_model_dir(model.path):
+        return
+    try:
+        check_base_model_dir(model.path)
+    except UnsafeModelError as exc:
+        raise invalid(f"Model '{model.name}' cannot be used: {exc}.", param="model", code="model_not_supported") from None
+
+
 def ensure_base_model(settings: Settings, name: str) -> Path:
     """The local directory of a base model, importing the built-in one on first use."""
     model = find_base_model(settings, name)

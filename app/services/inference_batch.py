@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from app.core.safe_loading import check_adapter_dir, load_adapter
 from app.services.inference_sampling import Sequence
 
 log = logging.getLogger("whetstone.inference")
@@ -180,10 +181,9 @@ class BatchScheduler:
                 return None
             self._unload(victim)
         name = "a" + hashlib.sha1(str(adapter).encode()).hexdigest()[:16]
+        check_adapter_dir(adapter)  # safetensors only: PEFT would unpickle an adapter_model.bin
         if self.peft is None:
-            from peft import PeftModel
-
-            self.peft = PeftModel.from_pretrained(self.model, str(adapter), adapter_name=name)
+            self.peft = load_adapter(self.model, adapter, adapter_name=name)
         else:
             self.peft.load_adapter(str(adapter), adapter_name=name)
         self.peft.eval()

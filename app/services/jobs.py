@@ -14,7 +14,7 @@ from app.core.ids import new_id, now
 from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
 from app.protocol.fine_tuning import CreateJobRequest, Hyperparameters, JobCheckpoint, JobError
 from app.protocol.fine_tuning import FineTuningJob as FineTuningJobWire
-from app.services.base_models import find_base_model
+from app.services.base_models import find_base_model, refuse_unsafe
 from app.services.files import get_file
 from app.services import job_state as state
 from app.services.events import add_event
@@ -67,9 +67,11 @@ def _requested_hyperparameters(request: CreateJobRequest) -> Hyperparameters:
 
 
 def create_job(session: Session, settings: Settings, caller: Caller, request: CreateJobRequest) -> FineTuningJob:
-    if find_base_model(settings, request.model) is None:
+    base = find_base_model(settings, request.model)
+    if base is None:
         raise invalid(f"Model '{request.model}' is not available for fine-tuning or does not exist.",
                       param="model", code="model_not_available")
+    refuse_unsafe(base)
     if request.integrations:
         raise invalid("Integrations are not supported by this server.", param="integrations")
     training = _training_data(session, caller, request.training_file, "training_file")

