@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from app.core.auth import Caller
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
+from app.core.errors import public_reason
 from app.core.ids import new_id, now
 from app.models import Evaluation, File, Project
 from app.services.base_models import ensure_base_model
@@ -84,5 +85,5 @@ def run_evaluation(settings: Settings, evaluation_id: str) -> None:
     except Exception as exc:  # the user sees the reason; the log keeps the trace
         log.exception("evaluation %s failed", evaluation_id)
         _move(url, pk, "in_progress", status="failed", finished_at=now(),
-              error={"code": "evaluation_failed", "message": f"{type(exc).__name__}: {exc}"[:1000],
+              error={"code": "evaluation_failed", "message": public_reason(exc, 1000),
                      "param": None})

@@ -23,6 +23,7 @@ from sqlalchemy import delete, select, update
 
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
+from app.core.errors import public_reason
 from app.core.ids import new_id, now, random_token
 from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
 from app.services import job_state as state
@@ -290,7 +291,7 @@ def run_job(settings: Settings, job_id: str, node: str = "worker") -> None:
         run.fail(exc.error)
     except Exception as exc:  # the user sees a clear error; the log keeps the trace
         log.exception("job %s failed", job_id)
-        run.fail({"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"[:1000], "param": None})
+        run.fail({"code": "training_failed", "message": public_reason(exc, 1000), "param": None})
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -58,6 +58,20 @@ def _param_from_loc(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}[\\/]?")
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b.*\bFROM\b|\[SQL:|psycopg|sqlalche\.me", re.IGNORECASE | re.DOTALL)
+
+
+def public_reason(exc: BaseException, limit: int = 500) -> str:
+    """`Type: message` of an exception, fit for a client (a job's or evaluation's error): file
+    paths become <path>, and a database error says only that it was one."""
+    text = str(exc)
+    if _SQL.search(text) or type(exc).__module__.startswith(("sqlalchemy", "psycopg")):
+        return f"{type(exc).__name__}: a database error occurred"
+    text = _PATH.sub("<path>", text.splitlines()[0] if text else "")
+    return f"{type(exc).__name__}: {text}"[:limit]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -85,10 +99,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", "unknown")
-        log.exception("unhandled error (request %s)", request_id, exc_info=exc)
+        # Nothing of the exception reaches the client (no trace, path or SQL): only the request id,
+        # which the log line with the full traceback carries too.
+        request_id = getattr(request.state, "request_id", None) or "unknown"
+        log.error("unhandled error (request %s) on %s %s", request_id, request.method, request.url.path,
+                  exc_info=exc, extra={"request_id": request_id})
         return _json(
             500,
-            error_body(f"The server had an error processing your request (request id {request_id}).", "server_error"),
+            error_body(f"The server had an error processing your request. Sorry about that! You can retry your "
+                       f"request, or contact us with the request id {request_id} if the error persists.",
+                       "server_error", None, "internal_error"),
             {"x-request-id": request_id},
         )

@@ -5,6 +5,7 @@ stays in app/main.py."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 
@@ -22,12 +23,15 @@ from app.services.storage import storage_for
 
 router = APIRouter(include_in_schema=False)
 access_log = logging.getLogger("whetstone.access")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 async def request_id(request: Request, call_next):  # noqa: ANN001, ANN201
     """Every response carries x-request-id (the client's, or a new one); so does every log line
     written while handling it. One access log line and one latency sample per request."""
-    rid = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
+    rid = request.headers.get("x-request-id", "")
+    if not _REQUEST_ID.fullmatch(rid):  # never echo (or log) a client's newlines or markup
+        rid = f"req_{uuid.uuid4().hex}"
     request.state.request_id = rid
     token = request_id_var.set(rid)
     started = time.perf_counter()
