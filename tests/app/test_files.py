@@ -106,3 +106,44 @@ def test_upload_larger_than_the_limit_is_413_and_leaves_nothing(api, settings):
     response = api.upload(chat_jsonl(20))
     assert response.status_code == 413
     assert stored_files(settings) == [] and api.get("/v1/files").json()["data"] == []
+
+
+# --- issue 16: nothing half-done -----------------------------------------------------------------
+
+def test_content_whose_bytes_are_gone_is_404_before_any_byte(api, client, settings):
+    from sqlalchemy import select
+
+    from app.core.db import session_scope
+    from app.models import File
+
+    file_id = api.upload(chat_jsonl()).json()["id"]
+    with session_scope(settings.resolved_database_url) as session:
+        key = session.scalar(select(File.storage_key).where(File.id == file_id))
+    client.app.state.storage.path(key).unlink()
+    response = api.get(f"/v1/files/{file_id}/content")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "file_content_missing"
+    assert key not in response.text and str(settings.resolved_data_dir) not in response.text
+    assert api.get(f"/v1/files/{file_id}").status_code == 200  # the file itself is still listed
+
+
+def test_delete_commits_the_row_before_it_touches_the_bytes(api, client, settings):
+    """Bytes that cannot be removed do not undo a delete: the row is committed first, so the file is
+    gone for the client, and never a row left pointing at removed bytes."""
+    from sqlalchemy import select
+
+    from app.core.db import session_scope
+    from app.models import File
+
+    file_id = api.upload(chat_jsonl()).json()["id"]
+    with session_scope(settings.resolved_database_url) as session:
+        key = session.scalar(select(File.storage_key).where(File.id == file_id))
+    stored = client.app.state.storage.path(key)
+    stored.unlink()
+    stored.mkdir()  # unlink() of the bytes now fails
+    (stored / "keep").write_text("x")
+    response = api.delete(f"/v1/files/{file_id}")
+    assert response.status_code == 200 and response.json()["deleted"] is True
+    assert api.get(f"/v1/files/{file_id}").status_code == 404
+    with session_scope(settings.resolved_database_url) as session:
+        assert session.scalar(select(File).where(File.id == file_id)) is None

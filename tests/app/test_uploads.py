@@ -85,3 +85,68 @@ def test_bad_uploads_change_nothing(sdk):
     with pytest.raises(BadRequestError) as purpose:
         sdk.uploads.create(bytes=10, filename="x", mime_type="text/plain", purpose="assistants")
     assert purpose.value.body["param"] == "purpose"
+
+
+def test_concurrent_completes_make_one_file_and_a_failed_one_leaves_the_upload_pending(settings):
+    """Completion is one transaction: status, file_id and the file row are committed together, and a
+    second complete of the same upload waits for the first, then finds it completed."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from app.core.auth import Caller
+    from app.core.db import session_scope
+    from app.core.errors import APIError
+    from app.models import File, Project, Upload
+    from app.protocol.uploads import CompleteUploadRequest
+    from app.services import uploads as service
+    from app.services.storage import storage_for
+    from tests.conftest import Api
+    from tests.data import chat_jsonl
+
+    from app.main import create_app
+
+    with TestClient(create_app(settings)) as client:
+        key = new_key(settings)
+        api = Api(client, key)
+        content = chat_jsonl(50)
+        upload = api.post("/v1/uploads", json={"filename": "c.jsonl", "purpose": "fine-tune", "bytes": len(content),
+                                               "mime_type": "text/jsonl"}).json()
+        part = api.post(f"/v1/uploads/{upload['id']}/parts", files={"data": ("p", content)}).json()
+        bad = b'{"messages": []}\n'
+        failing = api.post("/v1/uploads", json={"filename": "b.jsonl", "purpose": "fine-tune", "bytes": len(bad),
+                                                 "mime_type": "text/jsonl"}).json()
+        bad_part = api.post(f"/v1/uploads/{failing['id']}/parts", files={"data": ("p", bad)}).json()
+        assert api.post(f"/v1/uploads/{failing['id']}/complete", json={"part_ids": [bad_part["id"]]}).status_code == 400
+
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        row = session.scalar(select(Upload).where(Upload.id == failing["id"]))
+        assert (row.status, row.file_id) == ("pending", None)
+        project = session.get(Project, row.project_pk)
+        caller = Caller(project.pk, project.id, project.name)
+        files_before = session.scalar(select(func.count()).select_from(File).where(File.project_pk == project.pk))
+    storage, outcomes, start = storage_for(settings, "files"), [], threading.Barrier(2)
+
+    def complete() -> None:
+        start.wait()
+        try:
+            with session_scope(url) as session:
+                done = service.complete_upload(session, storage, caller, upload["id"],
+                                               CompleteUploadRequest(part_ids=[part["id"]]))
+                outcomes.append(("ok", done.file_id))
+        except APIError as exc:
+            outcomes.append((exc.code, None))
+
+    threads = [threading.Thread(target=complete) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(o[0] for o in outcomes) == ["ok", "upload_not_pending"], outcomes
+    with session_scope(url) as session:
+        row = session.scalar(select(Upload).where(Upload.id == upload["id"]))
+        file_id = next(f for status, f in outcomes if status == "ok")
+        assert (row.status, row.file_id) == ("completed", file_id)
+        assert session.scalar(select(func.count()).select_from(File).where(File.project_pk == project.pk)) \
+            == files_before + 1

@@ -48,3 +48,19 @@ def test_check_fails_when_the_root_is_not_a_writable_directory(tmp_path):
     with pytest.raises(OSError):
         LocalStorage(tmp_path / "files").check()
     LocalStorage(tmp_path / "ok").check()
+
+
+def test_publishing_again_replaces_a_non_empty_directory(tmp_path):
+    """A checkpoint published a second time (a run retried after its worker died) replaces the first."""
+    jobs = storage_for(Settings(data_dir=tmp_path / "data"), "jobs")
+    first, second = tmp_path / "run1", tmp_path / "run2"
+    for folder, weights in ((first, "old"), (second, "new")):
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_text(weights)
+    (first / "only-in-the-old-one").write_text("x")
+    ref = jobs.publish_dir("ftjob-1/checkpoints/step-2", first)
+    assert jobs.publish_dir("ftjob-1/checkpoints/step-2", second) == ref
+    published = jobs.local_dir(ref)
+    assert sorted(p.name for p in published.iterdir()) == ["adapter_model.safetensors"]
+    assert (published / "adapter_model.safetensors").read_text() == "new"
+    assert [p.name for p in published.parent.iterdir()] == ["step-2"]  # no staging or old copy left
