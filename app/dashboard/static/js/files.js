@@ -38,7 +38,7 @@ export function render(root) {
       const line = LINE.exec(error.message);
       if (line) { // show the offending line of the file as the user has it
         const text = await file.text();
-        box.append(linesView(text, new Map([[Number(line[1]), { message: error.message, severity: "error" }]])));
+        box.append(linesView(text, new Map([[Number(line[1]), { message: error.message.slice(line.index + line[0].length).replace(/^:\s*/, ""), severity: "error" }]])));
       }
       status.replaceChildren(box);
     }

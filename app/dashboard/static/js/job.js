@@ -116,7 +116,7 @@ export function render(root, { id }) {
         "Result file ", h("code", {}, fileId))),
       h("button#download-adapter", { disabled: job.status !== "succeeded", onclick: fetching(`/fine_tuning/jobs/${id}/export?kind=adapter`, `${id}-adapter.zip`) }, "Adapter (.zip)"),
       h("button#download-merged", { disabled: job.status !== "succeeded", onclick: fetching(`/fine_tuning/jobs/${id}/export?kind=merged`, `${id}-merged.zip`) }, "Merged model (.zip)"),
-      ft ? h("a.button#try-model", { href: `#/playground?model=${encodeURIComponent(ft)}` }, "Try it in the playground") : null);
+      ...(ft ? [h("a.button#try-model", { href: `#/playground?model=${encodeURIComponent(ft)}` }, "Try it in the playground")] : []));
   }
 
   async function refresh() {
