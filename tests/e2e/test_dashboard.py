@@ -64,7 +64,8 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
         page.execute_script(DROP, "broken.jsonl", "\n".join(broken) + "\n")
         bad = wait.until(lambda p: p.find_elements(By.CSS_SELECTOR, "#upload-error .line.bad"))
         assert bad[0].get_attribute("data-line") == "3"
-        assert "line 3" in page.find_element(By.CSS_SELECTOR, "#upload-error .why").text
+        assert "line 3: invalid JSON" in page.find_element(By.CSS_SELECTOR, "#upload-error .error").text
+        assert "invalid JSON" in page.find_element(By.CSS_SELECTOR, "#upload-error .why").text
         page.save_screenshot(str(shots / "files-error.png"))
 
         # Two good files (training, validation): the progress bar fills, the table lists them.

@@ -5,6 +5,8 @@ import { api, download, stream } from "./api.js";
 import { readEvents } from "./sse.js";
 import { badge, errorBox, h, when } from "./ui.js";
 
+const SHOWN_METRICS = ["train_loss", "valid_loss", "valid_mean_token_accuracy"];
+const STEP_INCREMENTS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const sleep = (ms, signal) => new Promise((resolve) => {
   const timer = setTimeout(resolve, ms);
@@ -45,7 +47,7 @@ class LossChart {
       this.plot = new window.uPlot({
         width: Math.max(320, target.clientWidth || 800), height: 280,
         scales: { x: { time: false } },
-        axes: [{ label: "step" }, { label: "loss" }],
+        axes: [{ label: "step", incrs: STEP_INCREMENTS }, { label: "loss" }],
         series: [{ label: "step" },
           { label: "training loss", stroke: "#2f5bd3", width: 2, points: { show: steps.length < 60 } },
           { label: "validation loss", stroke: "#e07a1f", width: 2, spanGaps: true, points: { show: true, size: 7 } }],
@@ -125,7 +127,7 @@ export function render(root, { id }) {
       const { data } = await api(`/fine_tuning/jobs/${id}/checkpoints?limit=100`, { signal });
       checkpoints.replaceChildren(...(data.length ? data.map((c) => h("tr", {},
         h("td.num", {}, String(c.step_number)), h("td", {}, h("code", {}, c.fine_tuned_model_checkpoint)),
-        h("td", {}, h("code", {}, Object.entries(c.metrics).map(([k, v]) => `${k}=${Number(v).toFixed(4)}`).join(" "))),
+        h("td", {}, h("code", {}, SHOWN_METRICS.filter((k) => k in c.metrics).map((k) => `${k}=${Number(c.metrics[k]).toFixed(4)}`).join("\n"))),
         h("td", {}, h("a.button", { href: `#/playground?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "Try"))))
         : [h("tr", {}, h("td", { colSpan: 4 }, h("span.notice", {}, "None yet: one per epoch.")))]));
     } catch (error) {
