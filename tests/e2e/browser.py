@@ -18,7 +18,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 def screenshots_dir() -> Path:
     """Where the test saves a screenshot of each page (a test artefact, looked at by a person)."""
-    path = Path(os.environ.get("WHETSTONE_SCREENSHOTS", ".cache/screenshots"))
+    path = Path(os.environ.get("WHETSTONE_TEST_SCREENSHOTS", ".cache/screenshots"))
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -2,7 +2,7 @@
 (the embedded default: SQLite, embedded broker and worker) training the tiny random model:
 enter the key, upload files by drag-and-drop (a broken one shows its offending line), start a
 job, watch the loss chart gain points while it trains, then ask the playground's two sides.
-A screenshot of each page is saved under $WHETSTONE_SCREENSHOTS (default .cache/screenshots)."""
+A screenshot of each page is saved under $WHETSTONE_TEST_SCREENSHOTS (default .cache/screenshots)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,27 @@ const status = document.getElementById("job-status");
 return [Number(document.getElementById("loss-chart").dataset.trainPoints),
         status ? status.dataset.status : "", document.getElementById("stream-state").textContent];
 """
+
+# The page's own SSE reader (fetch + ReadableStream, Last-Event-ID) over a finished job's stream.
+READ_STREAM = """
+const [jobId, lastEventId, done] = arguments;
+Promise.all([import("/ui/js/api.js"), import("/ui/js/sse.js")]).then(async ([api, sse]) => {
+  const ids = [];
+  const response = await api.stream(`/fine_tuning/jobs/${jobId}/events?stream=true`, {lastEventId});
+  for await (const message of sse.readEvents(response)) {
+    if (message.data === "[DONE]") { ids.push("DONE"); break; }
+    JSON.parse(message.data);
+    ids.push(Number(message.id));
+  }
+  done(ids);
+}).catch((error) => done(String(error)));
+"""
+
+
+def sse_ids(base: str, key: str, job_id: str) -> list[int]:
+    with httpx.stream("GET", f"{base}/fine_tuning/jobs/{job_id}/events", params={"stream": "true"},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
+        return [int(line.removeprefix("id: ")) for line in response.iter_lines() if line.startswith("id: ")]
 
 
 def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
@@ -121,6 +142,13 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
         wait.until(lambda p: p.find_elements(By.CSS_SELECTOR, "#checkpoints-body code"))
         assert not page.find_element(By.ID, "download-adapter").get_attribute("disabled")
         page.save_screenshot(str(shots / "job.png"))
+
+        # The browser's SSE reader sees what the server sent, and resumes after a Last-Event-ID.
+        ids = sse_ids(base, key, job_id)
+        page.set_script_timeout(30)
+        assert page.execute_async_script(READ_STREAM, job_id, None) == [*ids, "DONE"]
+        middle = ids[len(ids) // 2]
+        assert page.execute_async_script(READ_STREAM, job_id, middle) == [*ids[len(ids) // 2 + 1:], "DONE"]
 
         page.get(root + "/#/jobs")
         wait.until(lambda p: p.find_elements(By.CSS_SELECTOR, f"#jobs-body tr[data-job-id='{job_id}'][data-status='succeeded']"))
