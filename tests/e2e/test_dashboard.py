@@ -66,7 +66,7 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
     shots = screenshots_dir()
     for old in shots.glob("*.png"):
         old.unlink()
-    good = chat_jsonl(30).decode()
+    good = chat_jsonl(20).decode()
     broken = good.splitlines()
     broken[2] = '{"messages": [{"role": "user", "content": "Hi"}]'  # line 3: not even JSON
     with server(env, tmp_path / "serve.log") as base, chromium() as page:
@@ -90,14 +90,19 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
         page.save_screenshot(str(shots / "files-error.png"))
 
         # Two good files (training, validation): the progress bar fills, the table lists them.
-        for name in ("train.jsonl", "valid.jsonl"):
-            page.execute_script(DROP, name, good)
+        valid = good + good.splitlines()[0] + "\n"  # its line 21 repeats line 1: a validation warning
+        for name, text in (("train.jsonl", good), ("valid.jsonl", valid)):
+            page.execute_script(DROP, name, text)
             wait.until(lambda p, name=name: name in p.find_element(By.ID, "files-body").text)
         assert float(page.find_element(By.ID, "upload-progress").get_attribute("value")) == 1.0
         rows = page.find_elements(By.CSS_SELECTOR, "#files-body tr")
         assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["valid.jsonl", "train.jsonl"]
-        rows[1].find_element(By.CSS_SELECTOR, "button.validate").click()
-        wait.until(lambda p: "train.jsonl: valid" in p.find_element(By.ID, "file-details").text)
+        # Validation findings sit under the lines they name.
+        rows[0].find_element(By.CSS_SELECTOR, "button.validate").click()
+        wait.until(lambda p: "valid.jsonl: valid" in p.find_element(By.ID, "file-details").text)
+        marked = page.find_elements(By.CSS_SELECTOR, "#validation .line.warn")
+        assert marked and marked[-1].get_attribute("data-line") == "21"
+        assert "duplicate" in page.find_element(By.CSS_SELECTOR, "#validation .why.warn").text
         page.save_screenshot(str(shots / "files.png"))
         train_id, valid_id = rows[1].get_attribute("data-file-id"), rows[0].get_attribute("data-file-id")
 
@@ -108,7 +113,7 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
         Select(page.find_element(By.ID, "model")).select_by_value(TINY)
         Select(page.find_element(By.ID, "training-file")).select_by_value(train_id)
         Select(page.find_element(By.ID, "validation-file")).select_by_value(valid_id)
-        page.find_element(By.ID, "hp-n_epochs").send_keys("4")
+        page.find_element(By.ID, "hp-n_epochs").send_keys("3")
         page.find_element(By.ID, "suffix").send_keys("dash")
         page.save_screenshot(str(shots / "new-job.png"))
         page.find_element(By.ID, "create-job").click()

@@ -5,7 +5,7 @@ import { api, download, stream } from "./api.js";
 import { readEvents } from "./sse.js";
 import { badge, errorBox, h, when } from "./ui.js";
 
-const SHOWN_METRICS = ["train_loss", "valid_loss", "valid_mean_token_accuracy"];
+const SHOWN_METRICS = { train_loss: "train loss", valid_loss: "valid loss", valid_mean_token_accuracy: "valid accuracy" };
 const STEP_INCREMENTS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const sleep = (ms, signal) => new Promise((resolve) => {
@@ -127,7 +127,7 @@ export function render(root, { id }) {
       const { data } = await api(`/fine_tuning/jobs/${id}/checkpoints?limit=100`, { signal });
       checkpoints.replaceChildren(...(data.length ? data.map((c) => h("tr", {},
         h("td.num", {}, String(c.step_number)), h("td", {}, h("code", {}, c.fine_tuned_model_checkpoint)),
-        h("td", {}, h("code", {}, SHOWN_METRICS.filter((k) => k in c.metrics).map((k) => `${k}=${Number(c.metrics[k]).toFixed(4)}`).join("\n"))),
+        h("td", {}, h("code", {}, Object.entries(SHOWN_METRICS).filter(([k]) => k in c.metrics).map(([k, label]) => `${label} ${Number(c.metrics[k]).toFixed(4)}`).join("\n"))),
         h("td", {}, h("a.button", { href: `#/playground?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "Try"))))
         : [h("tr", {}, h("td", { colSpan: 4 }, h("span.notice", {}, "None yet: one per epoch.")))]));
     } catch (error) {
