@@ -51,6 +51,15 @@ Promise.all([import("/ui/js/api.js"), import("/ui/js/sse.js")]).then(async ([api
 }).catch((error) => done(String(error)));
 """
 
+# Press a job-page button once it is enabled, in one step (the page re-renders its buttons).
+PRESS = """
+const button = document.getElementById(arguments[0]);
+if (!button || button.disabled) return false;
+button.click();
+return true;
+"""
+STATUS = "const s = document.getElementById('job-status'); return s ? s.dataset.status : null;"
+
 
 def sse_ids(base: str, key: str, job_id: str) -> list[int]:
     with httpx.stream("GET", f"{base}/fine_tuning/jobs/{job_id}/events", params={"stream": "true"},
@@ -174,6 +183,19 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
             assert answer.text.strip()
             assert "chunks" in page.find_element(By.ID, f"{side}-stats").text
         page.save_screenshot(str(shots / "playground.png"))
+        # Pause, resume and cancel a second, longer job from its page.
+        long_job = httpx.post(f"{base}/fine_tuning/jobs", headers={"Authorization": f"Bearer {key}"},
+                              json={"model": TINY, "training_file": train_id, "hyperparameters": {"n_epochs": 20}}).json()
+        page.get(f"{root}/#/jobs/{long_job['id']}")
+        slow = WebDriverWait(page, 90, poll_frequency=0.2)
+        for button, statuses in (("pause-job", {"paused"}), ("resume-job", {"queued", "running"}),
+                                 ("cancel-job", {"cancelled"})):
+            slow.until(lambda p, button=button: p.execute_script(PRESS, button))
+            slow.until(lambda p, statuses=statuses: p.execute_script(STATUS) in statuses)
+        page.save_screenshot(str(shots / "job-cancelled.png"))
+        assert httpx.get(f"{base}/fine_tuning/jobs/{long_job['id']}",
+                         headers={"Authorization": f"Bearer {key}"}).json()["status"] == "cancelled"
+
         # No script error on any page (the refused upload's 400 is a network entry, not one).
         errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"]
         assert not errors, json.dumps(errors, indent=1)
