@@ -68,7 +68,9 @@ def sse_ids(base: str, key: str, job_id: str) -> list[int]:
 
 
 def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
-    env = {**os.environ, "WHETSTONE_DATA_DIR": str(tmp_path / "data"), "WHETSTONE_BASE_MODELS_DIR": str(base_models_dir)}
+    env = {**os.environ, "WHETSTONE_DATA_DIR": str(tmp_path / "data"), "WHETSTONE_BASE_MODELS_DIR": str(base_models_dir),
+           # Without Redis the stream polls the database; poll often so a fast machine's run still shows steps.
+           "WHETSTONE_EVENTS_POLL_INTERVAL": "0.2"}
     for name in ("WHETSTONE_DATABASE_URL", "WHETSTONE_BROKER_URL"):
         env.pop(name, None)
     key = cli(env, "keys", "create", "--project", "dash")
@@ -84,7 +86,12 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
         wait = WebDriverWait(page, 30, poll_frequency=0.1)
         page.get(root + "/")
 
-        # The key, once: kept in sessionStorage for the pages that follow.
+        # A wrong key is refused with the API's message; the right one, once, is kept in sessionStorage.
+        page.find_element(By.ID, "api-key").send_keys("sk-whet-not-a-real-key-0000")
+        page.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        wait.until(lambda p: "Incorrect API key" in p.find_element(By.ID, "key-form").text)
+        assert page.execute_script("return sessionStorage.getItem('whetstone.apiKey')") is None
+        page.find_element(By.ID, "api-key").clear()
         page.find_element(By.ID, "api-key").send_keys(key)
         page.find_element(By.CSS_SELECTOR, "#key-form button").click()
         wait.until(lambda p: p.find_elements(By.ID, "dropzone"))

@@ -70,7 +70,7 @@ export function render(root, { id }) {
   const problem = h("div#job-problem");
   const streamState = h("span.hint#stream-state", {}, "connecting…");
   const chartBox = h("div.chart#loss-chart", { dataset: { trainPoints: 0, validPoints: 0 } },
-    h("div.chart-plot"), h("div.hint.chart-count", {}, "no points yet"));
+    h("div.chart-plot"), h("div.hint.chart-count", {}, "No points yet: the training loss appears every few steps, the validation loss at each epoch end."));
   const chart = new LossChart(chartBox);
   const log = h("div.log#event-log");
   const checkpoints = h("tbody#checkpoints-body");
