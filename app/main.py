@@ -11,6 +11,7 @@ from app.api.routes import legacy as legacy_fine_tunes
 from app.api.routes import admin, uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
+from app.dashboard import install as install_dashboard
 from app.services.event_bus import configure_publisher
 from app.services.inference import InferenceEngine
 from app.services.storage import storage_for
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks, admin):
         app.include_router(module.router)
+    install_dashboard(app)  # the web dashboard at / (issue 10)
     return app
 
 
