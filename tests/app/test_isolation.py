@@ -33,6 +33,8 @@ EXEMPT = {
     ("GET", "/healthz"): "process liveness; no project data",
     ("GET", "/readyz"): "readiness of database, broker, storage; no project data",
     ("GET", "/metrics"): "aggregate counters without ids; no project data",
+    ("GET", "/"): "the dashboard page: static, it calls /v1 with the user's own key",
+    ("GET", "/ui"): "redirects to the dashboard page; no project data",
     ("POST", "/v1/files"): "creates a file in the caller's project; takes no id",
     ("POST", "/v1/uploads"): "creates an upload in the caller's project; takes no id",
     ("POST", "/v1/webhooks"): "creates an endpoint in the caller's project; takes no id",
