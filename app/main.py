@@ -9,10 +9,13 @@ from fastapi import FastAPI
 from app.api.routes import evaluations, files, fine_tuning, inference, ops
 from app.api.routes import legacy as legacy_fine_tunes
 from app.api.routes import uploads, webhooks
+from app.core.body_limit import BodyLimit
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
+from app.core.rate_limit import RateLimit
 from app.services.event_bus import configure_publisher
 from app.services.inference import InferenceEngine
+from app.services.stream_limits import StreamSlots
 from app.services.storage import storage_for
 
 
@@ -38,6 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage_for(settings, "files")
     app.state.engine = InferenceEngine(settings)
     configure_publisher(settings)
+    # Quotas (issue 16): body sizes before anything is read, requests per minute per key. Added
+    # before ops.install, so the request-id middleware is outside them and their answers carry it.
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(RateLimit, settings=settings)
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_key)
     # Request ids, access logs, request latency, /readyz, /metrics, graceful shutdown (issue 7).
     ops.install(app, settings)
 
@@ -58,6 +66,7 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Whetstone inference", version="0.1.0")
     app.state.settings = settings
     app.state.engine = InferenceEngine(settings)
+    app.add_middleware(BodyLimit, settings=settings)  # (the API in front counts requests per key)
     ops.install(app, settings)  # request ids, access log, /readyz, /metrics, graceful shutdown
 
     @app.get("/healthz", include_in_schema=False)
