@@ -66,6 +66,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # loc is ('body', <offset>): no field to name
+            reason = errors[0].get("ctx", {}).get("error", "decode error")
+            message = f"The request body is not valid JSON: {reason} at character {errors[0]['loc'][-1]}."
+            return _json(400, error_body(message, "invalid_request_error", None, "invalid_json"))
         param = _param_from_loc(tuple(errors[0].get("loc", ()))) if errors else None
         # A union ("auto" or a number) fails once per branch: say all of them.
         reasons = [e.get("msg", "") for e in errors if _param_from_loc(tuple(e.get("loc", ()))) == param]
@@ -81,7 +85,11 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "Unknown request URL. Please check the URL and method."
         if exc.status_code == 405:
             message = "Method not allowed for this URL."
-        return _json(exc.status_code, error_body(message, kind, None, None), getattr(exc, "headers", None))
+        code = None
+        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's, for any body
+            message, code = ("The request body could not be parsed: it must be well-formed JSON or form data "
+                             "in UTF-8, within the server's limits on fields and part sizes."), "invalid_body"
+        return _json(exc.status_code, error_body(message, kind, None, code), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
