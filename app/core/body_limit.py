@@ -24,17 +24,18 @@ FRAMING = 64 << 10
 _PARTS = re.compile(r"^/v1/uploads/[^/]+/parts/?$")
 
 
-def body_limit(settings: Settings, path: str) -> tuple[int, str | None, str]:
-    """(bytes, param, code) for a request body sent to `path`."""
+def body_limit(settings: Settings, path: str) -> tuple[int, int, str | None, str]:
+    """(bytes allowed on the wire, the configured limit, param, code) for a body sent to `path`."""
     if path.rstrip("/") == "/v1/files":
-        return settings.max_upload_bytes + FRAMING, "file", "file_too_large"
+        return settings.max_upload_bytes + FRAMING, settings.max_upload_bytes, "file", "file_too_large"
     if _PARTS.match(path):
-        return settings.max_upload_part_bytes + FRAMING, "data", "part_too_large"
-    return settings.max_request_body_bytes, None, "request_too_large"
+        return settings.max_upload_part_bytes + FRAMING, settings.max_upload_part_bytes, "data", "part_too_large"
+    return settings.max_request_body_bytes, settings.max_request_body_bytes, None, "request_too_large"
 
 
 async def _send_413(send: Send, limit: int, param: str | None, code: str) -> None:
-    body = json.dumps(error_body(f"Request body is larger than the limit of {limit} bytes.",
+    what = {"file": "The file", "data": "The part"}.get(param or "", "The request body")
+    body = json.dumps(error_body(f"{what} is larger than the limit of {limit} bytes.",
                                  "invalid_request_error", param, code)).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -51,10 +52,10 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        limit, param, code = body_limit(self.settings, scope["path"])
+        limit, configured, param, code = body_limit(self.settings, scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:  # (servers refuse other lengths)
-            await _send_413(send, limit, param, code)
+            await _send_413(send, configured, param, code)
             return
         received = 0
         exceeded = False
@@ -86,4 +87,4 @@ class BodyLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await _send_413(send, limit, param, code)
+            await _send_413(send, configured, param, code)

@@ -86,9 +86,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             message = "Method not allowed for this URL."
         code = None
-        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's, for any body
-            message, code = ("The request body could not be parsed: it must be well-formed JSON or form data "
-                             "in UTF-8, within the server's limits on fields and part sizes."), "invalid_body"
+        if exc.status_code == 400:  # Starlette's and FastAPI's only 400s: a body they could not parse
+            code = "invalid_body"
+            if message == "There was an error parsing the body":
+                message = ("The request body could not be parsed: it must be well-formed JSON or form data in "
+                           "UTF-8, within the server's limits on fields and part sizes.")
         return _json(exc.status_code, error_body(message, kind, None, code), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
