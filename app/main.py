@@ -15,7 +15,7 @@ from app.core.errors import install_error_handlers
 from app.core.rate_limit import RateLimit
 from app.services.event_bus import configure_publisher
 from app.services.inference import InferenceEngine
-from app.services.stream_limits import StreamSlots
+from app.services.stream_limits import DropSlowReaders, StreamSlots
 from app.services.storage import storage_for
 
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stream_slots = StreamSlots(settings.max_streams_per_key)
     # Request ids, access logs, request latency, /readyz, /metrics, graceful shutdown (issue 7).
     ops.install(app, settings)
+    app.add_middleware(DropSlowReaders, timeout=settings.sse_send_timeout)  # outermost: the server's send
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:

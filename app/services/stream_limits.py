@@ -83,39 +83,66 @@ async def bounded(stream: AsyncIterator[str], *, lifetime: float, release: Calla
 
 
 class EventStreamResponse(StreamingResponse):
-    """text/event-stream whose every write must complete within `send_timeout` seconds; a client
-    that stops reading is dropped (the connection is closed) instead of holding the stream."""
+    """text/event-stream that gives its stream slot back however it ends, also when the client
+    went away before the stream started (then `bounded` never ran)."""
 
-    def __init__(self, content: AsyncIterator[str], *, send_timeout: float, headers: dict[str, str],
-                 on_close: Callable[[], None]) -> None:
+    def __init__(self, content: AsyncIterator[str], *, headers: dict[str, str], on_close: Callable[[], None]) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
-        self.send_timeout = send_timeout
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+class DropSlowReaders:
+    """ASGI middleware, outermost (the server's own send is the one that waits on a full socket):
+    every write of an event-stream response must finish within `timeout` seconds, else the
+    response is abandoned and the server closes the connection."""
+
+    def __init__(self, app, timeout: float) -> None:  # noqa: ANN001
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.timeout <= 0:
+            await self.app(scope, receive, send)
+            return
+        streaming = False
+
         async def timed_send(message: Message) -> None:
-            async with asyncio.timeout(self.send_timeout):
+            nonlocal streaming
+            if message["type"] == "http.response.start":
+                streaming = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                                for k, v in message.get("headers", []))
+            if not streaming:
                 await send(message)
+                return
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await send(message)
+            except TimeoutError:
+                raise _SlowReader from None
 
         try:
-            await super().__call__(scope, receive, timed_send if self.send_timeout > 0 else send)
-        except TimeoutError:
-            log.warning("dropped an event stream whose client stopped reading for %ss: %s",
-                        self.send_timeout, scope.get("path"))
-        finally:
-            self.on_close()  # also when the stream never started (then `bounded` never ran)
-            if hasattr(self.body_iterator, "aclose"):
-                await self.body_iterator.aclose()
+            await self.app(scope, receive, timed_send)
+        except _SlowReader:
+            log.warning("dropped an event stream whose client read nothing for %ss: %s", self.timeout, scope["path"])
+
+
+class _SlowReader(Exception):
+    pass
 
 
 def limited_event_stream(request, stream: AsyncIterator[str]) -> EventStreamResponse:  # noqa: ANN001
-    """`stream` as an SSE response under the caller's key's stream cap (429 when it is full), the
-    settings' lifetime and send timeout."""
+    """`stream` as an SSE response under the caller's key's stream cap (429 when it is full) and
+    the settings' lifetime (the send timeout is DropSlowReaders', installed by create_app)."""
     from app.core.rate_limit import key_identity
 
     settings = request.app.state.settings
     identity = key_identity(request.scope["headers"]) or "anonymous"
     release = request.app.state.stream_slots.acquire(identity)
     return EventStreamResponse(bounded(stream, lifetime=settings.sse_max_stream_seconds, release=release),
-                               send_timeout=settings.sse_send_timeout, on_close=release,
-                               headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+                               on_close=release, headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
