@@ -13,6 +13,7 @@ from app.core.body_limit import BodyLimit
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.rate_limit import RateLimit
+from app.protocol.common import ERROR_RESPONSES
 from app.services.event_bus import configure_publisher
 from app.services.inference import InferenceEngine
 from app.services.stream_limits import DropSlowReaders, StreamSlots
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
 
 
@@ -75,5 +76,5 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     install_error_handlers(app)
-    app.include_router(inference.router)
+    app.include_router(inference.router, responses=ERROR_RESPONSES)
     return app

@@ -8,6 +8,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("whetstone.errors")
@@ -76,6 +77,15 @@ def install_error_handlers(app: FastAPI) -> None:
         reason = " or ".join(dict.fromkeys(r for r in reasons if r)) or "invalid request"
         message = f"Invalid value for '{param}': {reason}" if param else f"Invalid request: {reason}"
         return _json(400, error_body(message, "invalid_request_error", param, "invalid_value"))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
+        # A value the database cannot hold (a NUL character in text, an integer out of range): the
+        # transaction is rolled back, so nothing was stored. Found by schemathesis (issue 16).
+        log.info("refused a value the database cannot store: %s", type(exc.orig).__name__)
+        return _json(400, error_body("The request holds a value that cannot be stored (a NUL character in a "
+                                     "text field, or a number out of range).", "invalid_request_error", None,
+                                     "invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
