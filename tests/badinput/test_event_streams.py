@@ -56,6 +56,7 @@ def test_streams_per_key_are_capped_and_each_ends_at_its_lifetime(isolated_setti
         lived = time.monotonic() - opened
         assert 2.5 <= lived < 20, lived
         assert "Created fine-tuning job" in body and "[DONE]" not in body and "id: " in body
+        assert ": keep-alive" in body  # heartbeats while nothing happens
         assert stream_status(base, key, job_id) == 200  # the slot came back
 
 
