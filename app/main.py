@@ -11,9 +11,13 @@ from app.api.routes import legacy as legacy_fine_tunes
 from app.api.routes import admin, uploads, webhooks
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
+from app.core.body_limit import BodyLimit
+from app.core.rate_limit import RateLimit
+from app.protocol.common import ERROR_RESPONSES
 from app.dashboard import install as install_dashboard
 from app.services.event_bus import configure_publisher
 from app.services.inference import InferenceEngine
+from app.services.stream_limits import DropSlowReaders, StreamSlots
 from app.services.storage import storage_for
 
 
@@ -39,8 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage_for(settings, "files")
     app.state.engine = InferenceEngine(settings)
     configure_publisher(settings)
+    # Quotas (issue 16): body sizes before anything is read, requests per minute per key. Added
+    # before ops.install, so the request-id middleware is outside them and their answers carry it.
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(RateLimit, settings=settings)
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_key)
     # Request ids, access logs, request latency, /readyz, /metrics, graceful shutdown (issue 7).
     ops.install(app, settings)
+    app.add_middleware(DropSlowReaders, timeout=settings.sse_send_timeout)  # outermost: the server's send
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
@@ -48,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     for module in (files, fine_tuning, inference, evaluations, legacy_fine_tunes, uploads, webhooks, admin):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     install_dashboard(app)  # the web dashboard at / (issue 10)
     return app
 
@@ -60,6 +70,7 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Whetstone inference", version="0.1.0")
     app.state.settings = settings
     app.state.engine = InferenceEngine(settings)
+    app.add_middleware(BodyLimit, settings=settings)  # (the API in front counts requests per key)
     ops.install(app, settings)  # request ids, access log, /readyz, /metrics, graceful shutdown
 
     @app.get("/healthz", include_in_schema=False)
@@ -67,5 +78,5 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     install_error_handlers(app)
-    app.include_router(inference.router)
+    app.include_router(inference.router, responses=ERROR_RESPONSES)
     return app

@@ -107,8 +107,10 @@ def base_models_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path,
 @pytest.fixture
 def settings(tmp_path: Path, postgres_url: str, redis_queue: str, base_models_dir: Path) -> Settings:
     """Postgres + Redis, as in production; a data dir of the test's own."""
+    # No per-key request limit: the suite's polling loops are not rate-limit tests
+    # (tests/badinput/test_limits.py sets its own limits).
     s = Settings(data_dir=tmp_path / "data", database_url=postgres_url, broker_url=REDIS_URL,
-                 queue=redis_queue, base_models_dir=base_models_dir)
+                 queue=redis_queue, base_models_dir=base_models_dir, rate_limit_requests_per_minute=0)
     s.ensure_dirs()
     return s
 

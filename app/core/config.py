@@ -90,6 +90,27 @@ class Settings(BaseSettings):
     # Port of a worker's own Prometheus endpoint (GPU memory of its host); 0: none.
     worker_metrics_port: int = 0
 
+    # --- Quotas and limits (issue 16) ---
+    # Largest body of any other request (JSON), in bytes; uploads have max_upload_bytes and
+    # max_upload_part_bytes. Checked from Content-Length before reading, and counted while reading.
+    max_request_body_bytes: int = 8 << 20
+    # Uploaded JSONL: longest line and most lines a file may have.
+    max_upload_line_bytes: int = 4 << 20
+    max_upload_lines: int = 1_000_000
+    # Bytes of files (uploads and results) one project may keep (0: no limit).
+    max_storage_bytes_per_project: int = 50 << 30
+    # Jobs of one project waiting to run (validating_files/queued/paused) beyond which create gets 429 (0: no limit).
+    max_queued_jobs_per_project: int = 20
+    # Requests per minute per API key (429 with Retry-After beyond it; 0: no limit). Counted in Redis
+    # when one is configured (events_redis_url or a Redis broker), else in this process.
+    rate_limit_requests_per_minute: int = 600
+    # Job event streams (SSE) one API key may hold open at once in one API process (429 beyond it; 0: no limit).
+    max_streams_per_key: int = 8
+    # Seconds a stream's write may wait on a client that stops reading before it is dropped.
+    sse_send_timeout: float = 30.0
+    # Seconds a stream lives at most; the client reconnects with Last-Event-ID (0: no limit).
+    sse_max_stream_seconds: float = 3600.0
+
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

@@ -8,6 +8,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("whetstone.errors")
@@ -80,12 +81,25 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # loc is ('body', <offset>): no field to name
+            reason = errors[0].get("ctx", {}).get("error", "decode error")
+            message = f"The request body is not valid JSON: {reason} at character {errors[0]['loc'][-1]}."
+            return _json(400, error_body(message, "invalid_request_error", None, "invalid_json"))
         param = _param_from_loc(tuple(errors[0].get("loc", ()))) if errors else None
         # A union ("auto" or a number) fails once per branch: say all of them.
         reasons = [e.get("msg", "") for e in errors if _param_from_loc(tuple(e.get("loc", ()))) == param]
         reason = " or ".join(dict.fromkeys(r for r in reasons if r)) or "invalid request"
         message = f"Invalid value for '{param}': {reason}" if param else f"Invalid request: {reason}"
         return _json(400, error_body(message, "invalid_request_error", param, "invalid_value"))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
+        # A value the database cannot hold (a NUL character in text, an integer out of range): the
+        # transaction is rolled back, so nothing was stored. Found by schemathesis (issue 16).
+        log.info("refused a value the database cannot store: %s", type(exc.orig).__name__)
+        return _json(400, error_body("The request holds a value that cannot be stored (a NUL character in a "
+                                     "text field, or a number out of range).", "invalid_request_error", None,
+                                     "invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -95,7 +109,13 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "Unknown request URL. Please check the URL and method."
         if exc.status_code == 405:
             message = "Method not allowed for this URL."
-        return _json(exc.status_code, error_body(message, kind, None, None), getattr(exc, "headers", None))
+        code = None
+        if exc.status_code == 400:  # Starlette's and FastAPI's only 400s: a body they could not parse
+            code = "invalid_body"
+            if message == "There was an error parsing the body":
+                message = ("The request body could not be parsed: it must be well-formed JSON or form data in "
+                           "UTF-8, within the server's limits on fields and part sizes.")
+        return _json(exc.status_code, error_body(message, kind, None, code), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import BinaryIO
 
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
+from app.core.config import Settings
 from app.core.errors import APIError, invalid
 from app.core.ids import new_id
 from app.models import File
@@ -26,25 +29,87 @@ def to_wire(row: File) -> FileObject:
                       purpose=row.purpose, status=row.status)
 
 
-def _lines(source: BinaryIO, sink, limit: int):
-    """Yield the upload's lines while copying every byte to `sink`; 413 past `limit` bytes."""
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one uploaded file may be (Settings: max_upload_bytes, max_upload_line_bytes,
+    max_upload_lines, and what is left of max_storage_bytes_per_project)."""
+
+    max_bytes: int
+    max_line_bytes: int
+    max_lines: int
+    quota: int = 0  # max_storage_bytes_per_project (0: none)
+    quota_left: int | None = None  # None: no storage quota
+
+    @classmethod
+    def for_project(cls, session: Session, settings: Settings, caller: Caller, *,
+                    max_bytes: int | None = None) -> "UploadLimits":
+        quota, quota_left = settings.max_storage_bytes_per_project, None
+        if quota > 0:
+            quota_left = quota - project_storage_bytes(session, caller.project_pk)
+            if quota_left <= 0:
+                raise quota_exceeded(quota)
+        return cls(max_bytes=settings.max_upload_bytes if max_bytes is None else max_bytes,
+                   max_line_bytes=settings.max_upload_line_bytes, max_lines=settings.max_upload_lines,
+                   quota=quota, quota_left=quota_left)
+
+
+def quota_exceeded(quota: int, param: str = "file") -> APIError:
+    return APIError(413, f"This project's stored files would exceed its quota of {quota} bytes; delete files "
+                    "it no longer needs.", param=param, code="storage_quota_exceeded")
+
+
+def project_storage_bytes(session: Session, caller: Caller | int) -> int:
+    """Bytes a project keeps: its files, and the parts of its uploads still pending."""
+    from app.models import Upload, UploadPart
+
+    files = session.scalar(scoped(File, caller, func.coalesce(func.sum(File.bytes), 0)))
+    parts = session.scalar(scoped(UploadPart, caller, func.coalesce(func.sum(UploadPart.bytes), 0))
+                           .where(Upload.status == "pending"))
+    return int(files) + int(parts)
+
+
+def _lines(source: BinaryIO, sink, limits: UploadLimits):
+    """Yield the upload's lines while copying every byte to `sink`; 413 past the byte limit or
+    the project's quota, 400 for a line too long or too many lines (checked as bytes arrive, so
+    a huge line is refused without being held whole)."""
     pending = b""
+    count = 0
     while chunk := source.read(CHUNK):
         sink.write(chunk)
-        if sink.bytes > limit:
-            raise APIError(413, f"File is larger than the limit of {limit} bytes.", param="file",
+        if sink.bytes > limits.max_bytes:
+            raise APIError(413, f"File is larger than the limit of {limits.max_bytes} bytes.", param="file",
                            code="file_too_large")
+        if limits.quota_left is not None and sink.bytes > limits.quota_left:
+            raise quota_exceeded(limits.quota)
         pending += chunk
         *complete, pending = pending.split(b"\n")
-        yield from complete
+        for line in complete:
+            count += 1
+            _check_line(line, count, limits)
+            yield line
+        if len(pending) > limits.max_line_bytes:
+            _check_line(pending, count + 1, limits)
     if pending:
+        count += 1
+        _check_line(pending, count, limits)
         yield pending
 
 
+def _check_line(line: bytes, number: int, limits: UploadLimits) -> None:
+    if len(line) > limits.max_line_bytes:
+        raise invalid(f"Invalid file format for fine-tuning: line {number}: longer than the limit of "
+                      f"{limits.max_line_bytes} bytes.", param="file", code="line_too_long")
+    if number > limits.max_lines:
+        raise invalid(f"Invalid file format for fine-tuning: more than the limit of {limits.max_lines} lines.",
+                      param="file", code="too_many_lines")
+
+
 def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
-                filename: str, purpose: str, max_bytes: int, with_row=None) -> File:
-    """Validate while streaming to storage, then commit the row. `with_row(row)`, if given, runs
-    just before that commit, so what it changes is committed together with the file."""
+                filename: str, purpose: str, limits: UploadLimits, with_row=None) -> File:
+    """Store and validate an upload. The storage key is server-made (project id, new file id);
+    the client's filename is only a label in the row, never part of a path; the content is only
+    parsed as JSON lines, never executed or unpickled. `with_row(row)`, if given, runs just before
+    the commit, so what it changes is committed together with the file."""
     if purpose not in PURPOSES:
         raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
                       param="purpose", code="invalid_purpose")
@@ -52,18 +117,24 @@ def create_file(session: Session, storage: Storage, caller: Caller, *, upload: B
     key = f"{caller.project_id}/{file_id}.jsonl"
     with storage.writer(key) as writer:
         try:
-            summary = validate_lines(_lines(upload, writer, max_bytes))
+            summary = validate_lines(_lines(upload, writer, limits))
         except InvalidExample as exc:
             where = f"line {exc.line}: " if exc.line else ""
             raise invalid(f"Invalid file format for fine-tuning: {where}{exc.reason}", param="file",
                           code="invalid_file_format") from None
-        row = File(id=file_id, project_pk=caller.project_pk, filename=filename[:512] or "upload.jsonl",
+        row = File(id=file_id, project_pk=caller.project_pk, filename=_label(filename),
                    purpose=purpose, bytes=writer.bytes, status="processed", storage_key=key,
                    data_format=summary.format, n_examples=summary.n_examples)
         if with_row is not None:
             with_row(row)
         commit_with_file(session, storage, writer, key, row)
     return row
+
+
+def _label(filename: str) -> str:
+    """The client's filename as a display label: control characters dropped, at most 512 characters."""
+    cleaned = "".join(ch for ch in filename if ch.isprintable())[:512]
+    return cleaned or "upload.jsonl"
 
 
 def commit_with_file(session: Session, storage: Storage, writer, key: str, row: object) -> None:

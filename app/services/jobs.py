@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timezone
 
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
@@ -84,6 +85,7 @@ def create_job(session: Session, settings: Settings, caller: Caller, request: Cr
     if hyperparameters.get("early_stopping_patience") and not request.validation_file:
         raise invalid("early_stopping_patience needs a validation_file to measure validation loss.",
                       param="hyperparameters.early_stopping_patience")
+    _check_queued_quota(session, settings, caller)
     job = FineTuningJob(
         id=new_id("ftjob"), project_pk=caller.project_pk, model=request.model, training_file=training.id,
         validation_file=request.validation_file, suffix=request.suffix or None,
@@ -95,6 +97,20 @@ def create_job(session: Session, settings: Settings, caller: Caller, request: Cr
     session.flush()
     add_event(session, job.pk, f"Created fine-tuning job: {job.id}")
     return job
+
+
+def _check_queued_quota(session: Session, settings: Settings, caller: Caller) -> None:
+    """429 when the project already has max_queued_jobs_per_project jobs waiting to run
+    (max_running_jobs_per_project bounds the running ones; the rest wait in `queued`)."""
+    limit = settings.max_queued_jobs_per_project
+    if limit <= 0:
+        return
+    waiting = session.scalar(scoped(FineTuningJob, caller, func.count())
+                             .where(FineTuningJob.status.in_(state.WAITING)))
+    if waiting >= limit:
+        raise APIError(429, f"This project already has {waiting} fine-tuning jobs waiting to run (the limit is "
+                       f"{limit}); wait for some to start or cancel them.", type="rate_limit_error",
+                       code="too_many_queued_jobs")
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:

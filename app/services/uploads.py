@@ -71,6 +71,10 @@ def add_part(session: Session, storage: Storage, settings: Settings, caller: Cal
     upload = _pending(session, caller, upload_id)
     received = session.scalar(scoped(UploadPart, caller, func.coalesce(func.sum(UploadPart.bytes), 0))
                               .where(UploadPart.upload_pk == upload.pk))
+    quota = settings.max_storage_bytes_per_project
+    used = file_service.project_storage_bytes(session, caller.project_pk) if quota > 0 else 0
+    if quota > 0 and used >= quota:
+        raise file_service.quota_exceeded(quota, param="data")
     part_id = new_id("part")
     key = f"{caller.project_id}/uploads/{upload.id}/{part_id}"
     with storage.writer(key) as writer:
@@ -79,6 +83,8 @@ def add_part(session: Session, storage: Storage, settings: Settings, caller: Cal
             if writer.bytes > settings.max_upload_part_bytes:
                 raise APIError(413, f"A part may hold at most {settings.max_upload_part_bytes} bytes.",
                                param="data", code="part_too_large")
+            if quota > 0 and used + writer.bytes > quota:
+                raise file_service.quota_exceeded(quota, param="data")
             if received + writer.bytes > upload.bytes:
                 raise invalid(f"The parts exceed the {upload.bytes} bytes declared for upload {upload.id}.",
                               param="data", code="upload_size_exceeded")
@@ -106,7 +112,7 @@ class PartsReader:
         return b""
 
 
-def complete_upload(session: Session, storage: Storage, caller: Caller, upload_id: str,
+def complete_upload(session: Session, storage: Storage, settings: Settings, caller: Caller, upload_id: str,
                     request: CompleteUploadRequest) -> Upload:
     upload = _pending(session, caller, upload_id, lock=True)  # a concurrent complete waits, then sees it done
     by_id = {p.id: p for p in _parts(session, upload)}
@@ -128,12 +134,15 @@ def complete_upload(session: Session, storage: Storage, caller: Caller, upload_i
         if digest.hexdigest() != request.md5.lower():
             raise invalid("The md5 of the assembled parts does not match the md5 given.", param="md5",
                           code="md5_mismatch")
+    upload.status = "completed"
+    session.flush()  # its parts no longer count as pending in the quota: the file takes their place
+    limits = file_service.UploadLimits.for_project(session, settings, caller, max_bytes=upload.bytes)
 
     def completed(row: File) -> None:  # committed with the file itself: never `completed` without a file_id
-        upload.status, upload.file_id = "completed", row.id
+        upload.file_id = row.id
 
     file_service.create_file(session, storage, caller, upload=PartsReader(storage, ordered),
-                             filename=upload.filename, purpose=upload.purpose, max_bytes=upload.bytes,
+                             filename=upload.filename, purpose=upload.purpose, limits=limits,
                              with_row=completed)
     _drop_parts(storage, ordered)
     return upload

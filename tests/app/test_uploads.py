@@ -132,7 +132,7 @@ def test_concurrent_completes_make_one_file_and_a_failed_one_leaves_the_upload_p
         start.wait()
         try:
             with session_scope(url) as session:
-                done = service.complete_upload(session, storage, caller, upload["id"],
+                done = service.complete_upload(session, storage, settings, caller, upload["id"],
                                                CompleteUploadRequest(part_ids=[part["id"]]))
                 outcomes.append(("ok", done.file_id))
         except APIError as exc:

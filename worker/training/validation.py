@@ -35,6 +35,8 @@ def example_format(obj: object) -> str:
     """Return "chat" or "completion" for a valid example, or raise ValueError with the reason."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "messages" in obj and ("prompt" in obj or "completion" in obj):
+        raise ValueError("an example is either chat ('messages') or completion ('prompt', 'completion'), not both")
     if "messages" in obj:
         _check_messages(obj["messages"])
         return "chat"

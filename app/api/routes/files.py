@@ -36,8 +36,9 @@ def upload_file(
         existing = idempotency.lookup(session, caller, "file", key, body_hash)
         if existing:
             return service.to_wire(service.get_file(session, caller, existing))
+    limits = service.UploadLimits.for_project(session, settings, caller)
     row = service.create_file(session, storage, caller, upload=file.file, filename=file.filename or "",
-                              purpose=purpose, max_bytes=settings.max_upload_bytes)
+                              purpose=purpose, limits=limits)
     if key:
         try:
             idempotency.remember(session, caller, "file", key, body_hash, row.id)

@@ -6,7 +6,7 @@ import json
 import logging
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,7 @@ from app.services import events as event_service
 from app.services import idempotency
 from app.services import jobs as service
 from app.services.event_stream import follow_job_events
+from app.services.stream_limits import limited_event_stream
 from app.services.job_metadata import metadata_filter
 from app.services.queue import send_job
 
@@ -111,11 +112,8 @@ def list_events(
             rows, has_more = event_service.events_newest_first(session, caller, job.pk, limit=limit, after_pk=after_pk)
             return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
     since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    return StreamingResponse(
-        follow_job_events(settings, job.pk, since, request.is_disconnected),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-    )
+    # Per-key cap on open streams, a maximum lifetime, a send timeout (issue 16).
+    return limited_event_stream(request, follow_job_events(settings, job.pk, since, request.is_disconnected))
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListResponse[JobCheckpoint])

@@ -6,7 +6,6 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
@@ -17,6 +16,7 @@ from app.services import jobs as job_service
 from app.services import legacy as service
 from app.services.event_stream import follow_job_events
 from app.services.queue import send_job
+from app.services.stream_limits import limited_event_stream
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["legacy fine-tunes"])
 
@@ -68,7 +68,6 @@ def list_fine_tune_events(request: Request, fine_tune_id: str, stream: bool = Fa
     job = service.get_fine_tune(session, caller, fine_tune_id)
     if stream:
         settings: Settings = request.app.state.settings
-        return StreamingResponse(_legacy_sse(follow_job_events(settings, job.pk, 0, request.is_disconnected)),
-                                 media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return limited_event_stream(request, _legacy_sse(follow_job_events(settings, job.pk, 0,
+                                                                           request.is_disconnected)))
     return FineTuneEventList(data=service.events_oldest_first(session, job))

@@ -30,8 +30,9 @@ def add_part(upload_id: str, data: UploadFile = File(...), caller: Caller = Call
 
 @router.post("/{upload_id}/complete", response_model=UploadObject)
 def complete_upload(upload_id: str, body: CompleteUploadRequest, caller: Caller = CallerDep,
-                    session: Session = SessionDep, storage: Storage = StorageDep) -> UploadObject:
-    return service.to_wire(session, service.complete_upload(session, storage, caller, upload_id, body))
+                    session: Session = SessionDep, storage: Storage = StorageDep,
+                    settings: Settings = SettingsDep) -> UploadObject:
+    return service.to_wire(session, service.complete_upload(session, storage, settings, caller, upload_id, body))
 
 
 @router.post("/{upload_id}/cancel", response_model=UploadObject)
