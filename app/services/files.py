@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import BinaryIO
 
 from sqlalchemy import select
@@ -13,7 +14,7 @@ from app.core.ids import new_id
 from app.models import File
 from app.protocol.files import FileObject
 from app.services.storage import CHUNK, Storage
-from worker.training.validation import InvalidExample, validate_lines
+from worker.training.validation import DataSummary, InvalidExample, LineValidator
 
 PURPOSES = {"fine-tune"}
 # Purposes a client may read but not upload: results written by the service itself.
@@ -25,38 +26,77 @@ def to_wire(row: File) -> FileObject:
                       purpose=row.purpose, status=row.status)
 
 
-def _lines(source: BinaryIO, sink, limit: int):
-    """Yield the upload's lines while copying every byte to `sink`; 413 past `limit` bytes."""
-    pending = b""
-    while chunk := source.read(CHUNK):
-        sink.write(chunk)
-        if sink.bytes > limit:
-            raise APIError(413, f"File is larger than the limit of {limit} bytes.", param="file",
+class FileSink:
+    """An upload's bytes, in order, in blocks of any size: each block is stored and its complete
+    lines checked as it comes (the last, unfinished line waits for the next block). 413 past
+    `limit` bytes, 400 naming the line for a bad example; `finish` gives the summary. With
+    `digest`, the sha256 of the bytes is kept too (Idempotency-Key)."""
+
+    def __init__(self, writer, limit: int, *, digest: bool = False) -> None:
+        self.writer, self.limit = writer, limit
+        self.sha256 = hashlib.sha256() if digest else None
+        self.validator = LineValidator()
+        self._rest = b""
+
+    def feed(self, block: bytes) -> None:
+        self.writer.write(block)
+        if self.writer.bytes > self.limit:
+            raise APIError(413, f"File is larger than the limit of {self.limit} bytes.", param="file",
                            code="file_too_large")
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from complete
-    if pending:
-        yield pending
+        if self.sha256 is not None:
+            self.sha256.update(block)
+        lines = block.split(b"\n")
+        lines[0] = self._rest + lines[0]
+        self._rest = lines.pop()
+        self._check(lines)
 
+    def finish(self) -> DataSummary:
+        if self._rest:
+            self._check([self._rest])
+            self._rest = b""
+        return self._check(None)
 
-def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
-                filename: str, purpose: str, max_bytes: int) -> File:
-    if purpose not in PURPOSES:
-        raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
-                      param="purpose", code="invalid_purpose")
-    file_id = new_id("file")
-    key = f"{caller.project_id}/{file_id}.jsonl"
-    with storage.writer(key) as writer:
+    def _check(self, lines: list[bytes] | None) -> DataSummary | None:
         try:
-            summary = validate_lines(_lines(upload, writer, max_bytes))
+            if lines is None:
+                return self.validator.finish()
+            self.validator.feed(lines)
         except InvalidExample as exc:
             where = f"line {exc.line}: " if exc.line else ""
             raise invalid(f"Invalid file format for fine-tuning: {where}{exc.reason}", param="file",
                           code="invalid_file_format") from None
-        row = File(id=file_id, project_pk=caller.project_pk, filename=filename[:512] or "upload.jsonl",
-                   purpose=purpose, bytes=writer.bytes, status="processed", storage_key=key,
-                   data_format=summary.format, n_examples=summary.n_examples)
+        return None
+
+
+def check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
+                      param="purpose", code="invalid_purpose")
+
+
+def new_file(caller: Caller) -> tuple[str, str]:
+    """A new file's id and storage key."""
+    file_id = new_id("file")
+    return file_id, f"{caller.project_id}/{file_id}.jsonl"
+
+
+def file_row(caller: Caller, file_id: str, key: str, filename: str, purpose: str, size: int,
+             summary: DataSummary) -> File:
+    return File(id=file_id, project_pk=caller.project_pk, filename=filename[:512] or "upload.jsonl",
+                purpose=purpose, bytes=size, status="processed", storage_key=key,
+                data_format=summary.format, n_examples=summary.n_examples)
+
+
+def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
+                filename: str, purpose: str, max_bytes: int) -> File:
+    """A file from a readable stream (the Uploads API's assembled parts)."""
+    check_purpose(purpose)
+    file_id, key = new_file(caller)
+    with storage.writer(key) as writer:
+        sink = FileSink(writer, max_bytes)
+        while chunk := upload.read(CHUNK):
+            sink.feed(chunk)
+        row = file_row(caller, file_id, key, filename, purpose, writer.bytes, sink.finish())
         commit_with_file(session, storage, writer, key, row)
     return row
 
