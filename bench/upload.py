@@ -60,6 +60,12 @@ def make_jsonl(path: Path, size: int) -> Path:
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (load-independent, unlike wall time)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(cmd: str) -> float:
     started = time.perf_counter()
     subprocess.run(["bash", "-c", cmd], check=True)
@@ -93,7 +99,7 @@ def main() -> None:
         cat_s = timed(f"cat {path} > /dev/null")
         with tempfile.TemporaryDirectory(dir=server.data_dir) as tmp:
             cp_s = timed(f"cp {path} {tmp}/copy && sync {tmp}/copy")
-        rss_before = rss_bytes(server.pid)
+        rss_before, cpu_before = rss_bytes(server.pid), cpu_seconds(server.pid)
         sampler = RssSampler(server.pid)
         sampler.start()
         out = server.data_dir / "response.json"
@@ -103,6 +109,7 @@ def main() -> None:
              "-F", "purpose=fine-tune", "-F", f"file=@{path};type=application/jsonl", f"{server.base}/files"],
             check=True, capture_output=True, text=True).stdout
         upload_s = time.perf_counter() - started
+        server_cpu = cpu_seconds(server.pid) - cpu_before
         sampler.stop.set()
         sampler.join()
         body = json.loads(out.read_text())
@@ -111,6 +118,7 @@ def main() -> None:
     print(f"cat > /dev/null:     {mb / cat_s:8.0f} MB/s ({cat_s:.2f} s)")
     print(f"cp + sync:           {mb / cp_s:8.0f} MB/s ({cp_s:.2f} s)")
     print(f"POST /v1/files:      {upload:8.0f} MB/s ({upload_s:.2f} s, {body['id']})")
+    print(f"server CPU during the upload: {server_cpu:.2f} s ({mb / server_cpu:.0f} MB per CPU-second)")
     print(f"upload / cat ratio:  {upload / (mb / cat_s):.3f}x  (goal >= 0.5)")
     print(f"upload / cp ratio:   {upload / (mb / cp_s):.3f}x")
     print(f"server RSS: {rss_before / 2**20:.0f} MiB before, peak {sampler.peak / 2**20:.0f} MiB, "
