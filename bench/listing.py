@@ -7,7 +7,7 @@ by page with `after` through the real API (one `whetstone serve` process), in on
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/listing.py --database whetstone_bench_listing  # kept, reused
 
 Data: 100 projects x 1,000 jobs (created over a month, mostly finished); each job has 5 events,
-except one long job per project with 5,000 (a training run's metrics), events of concurrent jobs
+except one long job per project with 5,005 (a training run's metrics), events of concurrent jobs
 interleaved in insertion order as they would be. Loaded with COPY, then ANALYZE.
 Measured: for 10 projects, 50 pages of `GET /v1/fine_tuning/jobs?limit=20&after=...`, and for
 their long jobs 50 pages of `GET .../events?limit=20&after=...` (newest first, deep into the job).
@@ -27,9 +27,9 @@ import httpx
 import psycopg
 from sqlalchemy import event as sa_event
 
-from common import api_server, base_models_dir, fresh_database, load, percentile, psycopg_url
+from common import REDIS, api_server, base_models_dir, fresh_database, load, percentile, psycopg_url
 
-PROJECTS, JOBS_PER_PROJECT, EVENTS_PER_JOB, LONG_JOB_EVENTS = 100, 1_000, 5, 5_000
+PROJECTS, JOBS_PER_PROJECT, EVENTS_PER_JOB, LONG_JOB_EVENTS = 100, 1_000, 5, 5_005  # 1,000,000 events
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -49,8 +49,10 @@ def populate(db_url: str) -> None:
 
     rng = random.Random(11)
     with psycopg.connect(db_url) as conn:
-        if conn.execute("SELECT count(*) FROM job_events").fetchone()[0] >= 1_000_000:
+        events = PROJECTS * ((JOBS_PER_PROJECT - 1) * EVENTS_PER_JOB + LONG_JOB_EVENTS)
+        if conn.execute("SELECT count(*) FROM job_events").fetchone()[0] == events:
             return
+        conn.execute("TRUNCATE projects, api_keys, fine_tuning_jobs, job_events CASCADE")
         started = time.perf_counter()
         t0 = int(time.time()) - 30 * 86400
         _copy(conn, "projects", ["id", "name", "created_at"],
@@ -140,7 +142,7 @@ def capture_sql(url: str, key: str, paths: list[str]) -> list[list[tuple[str, di
     sa_event.listen(engine, "before_cursor_execute", record)
     groups = []
     try:
-        with TestClient(create_app(Settings(database_url=url, webhook_sender=False))) as client:
+        with TestClient(create_app(Settings(database_url=url, broker_url=REDIS, webhook_sender=False))) as client:
             headers = {"Authorization": f"Bearer {key}"}
             for path in paths:
                 after = client.get(path, params={"limit": 20}, headers=headers).json()["data"][-1]["id"]

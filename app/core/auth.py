@@ -44,8 +44,8 @@ def _unauthorized(message: str) -> APIError:
     return APIError(401, message, type="invalid_request_error", code="invalid_api_key")
 
 
-def current_caller(request: Request) -> Caller:
-    header = request.headers.get("authorization", "")
+def authenticate(session: Session, header: str) -> Caller:
+    """The caller of an `Authorization: Bearer <key>` header, looked up in `session`; 401 otherwise."""
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise _unauthorized(
@@ -53,15 +53,18 @@ def current_caller(request: Request) -> Caller:
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
     secret = secret.strip()
-    with session_scope(request.app.state.settings.resolved_database_url) as session:
-        row = session.execute(
-            select(ApiKey, Project).join(Project, ApiKey.project_pk == Project.pk).where(
-                ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)
-            )
-        ).first()
+    row = session.execute(
+        select(ApiKey, Project).join(Project, ApiKey.project_pk == Project.pk).where(
+            ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)
+        )
+    ).first()
     if row is None:
         shown = secret[:8] + "*" * 4 + secret[-4:] if len(secret) > 12 else "****"
         raise _unauthorized(f"Incorrect API key provided: {shown}.")
     _, project = row
     return Caller(project_pk=project.pk, project_id=project.id, project_name=project.name)
 
+
+def current_caller(request: Request) -> Caller:
+    with session_scope(request.app.state.settings.resolved_database_url) as session:
+        return authenticate(session, request.headers.get("authorization", ""))
