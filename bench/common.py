@@ -91,6 +91,7 @@ class Server:
     key: str
     data_dir: Path
     log: Path
+    queue: str
 
     @property
     def headers(self) -> dict[str, str]:
@@ -125,7 +126,7 @@ def api_server(database_url: str, models: Path, *, project: str | None = None, w
         with process(env, args, log) as proc:
             base = f"http://127.0.0.1:{port}"
             wait_healthy(proc, base, log)
-            yield Server(f"{base}/v1", proc.pid, key, data_dir, log)
+            yield Server(f"{base}/v1", proc.pid, key, data_dir, log, queue)
 
 
 def rss_bytes(pid: int) -> int:
