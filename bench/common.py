@@ -122,7 +122,7 @@ def api_server(database_url: str, models: Path, *, project: str | None = None, w
         key = new_key(Settings(database_url=database_url), project)
         port = free_port()
         log = data_dir / "api.log"
-        args = ["serve", "--port", str(port)] + ([] if worker else ["--no-worker"])
+        args = ["serve", "--port", str(port), "--worker" if worker else "--no-worker"]
         with process(env, args, log) as proc:
             base = f"http://127.0.0.1:{port}"
             wait_healthy(proc, base, log)
