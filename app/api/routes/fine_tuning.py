@@ -31,14 +31,13 @@ log = logging.getLogger("whetstone.jobs")
 
 
 @router.post("", response_model=FineTuningJob)
-def create_job(body: CreateJobRequest, request: Request, caller: Caller = CallerDep,
-               settings: Settings = SettingsDep,
+def create_job(body: CreateJobRequest, request: Request, settings: Settings = SettingsDep,
                idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> FineTuningJob:
-    url = settings.resolved_database_url
+    # One thread hop and one session for the caller and the job (deps.caller_session).
     key = idempotency.check_key(idempotency_key)
     body_hash = idempotency.digest([json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()])
     try:
-        with session_scope(url) as session:
+        with caller_session(request) as (session, caller):
             existing = key and idempotency.lookup(session, caller, "fine_tuning.job", key, body_hash)
             if existing:
                 return service.to_wire(service.get_job(session, caller, existing))
@@ -46,8 +45,9 @@ def create_job(body: CreateJobRequest, request: Request, caller: Caller = Caller
             service.queued_event(session, job)
             if key:
                 idempotency.remember(session, caller, "fine_tuning.job", key, body_hash, job.id)
+            answer = service.to_wire(job)  # as committed; the project is already in the session
     except IntegrityError:  # the same key, committed by a concurrent retry a moment ago
-        with session_scope(url) as session:
+        with caller_session(request) as (session, caller):
             existing = key and idempotency.lookup(session, caller, "fine_tuning.job", key, body_hash)
             if not existing:
                 raise
@@ -55,8 +55,7 @@ def create_job(body: CreateJobRequest, request: Request, caller: Caller = Caller
     # Only after the commit: a worker that picks the id up must find the row. With the broker down
     # the job stays stored and waiting; the workers' reaper sends it once the broker is back.
     send_job(settings, job.id)
-    with session_scope(url) as session:
-        return service.to_wire(service.get_job(session, caller, job.id))
+    return answer
 
 
 @router.get("", response_model=ListResponse[FineTuningJob])
