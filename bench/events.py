@@ -92,7 +92,11 @@ async def measure(base: str, settings: Settings, key: str, job_id: str, job_pk: 
         sent.append(await asyncio.to_thread(emit, settings, job_pk, i, i == events - 1))
         await asyncio.sleep(gap)
     await asyncio.wait_for(asyncio.gather(*tasks), 120)
-    return [(r[i] - sent[i]) * 1000 for r in received for i in range(events)]
+    missed = sum(1 for r in received for i in range(events) if i not in r)
+    if missed:  # a stream that ended early or skipped: say so rather than fail on it
+        print(f"  {missed} of {n * events} (follower, event) pairs never arrived; "
+              f"{sum(1 for r in received if len(r) < events)} followers affected", flush=True)
+    return [(r[i] - sent[i]) * 1000 for r in received for i in range(events) if i in r]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -129,7 +133,14 @@ def run(mode: str, args: argparse.Namespace, base_models_dir: Path) -> list[floa
                                     json={"model": models[0]["id"], "training_file": file_id}).json()["id"]
                 with session_scope(url) as session:
                     job_pk = session.scalar(select(FineTuningJob.pk).where(FineTuningJob.id == job_id))
-                return asyncio.run(measure(base, settings, key, job_id, job_pk, args.followers, args.events, args.gap))
+                try:
+                    return asyncio.run(measure(base, settings, key, job_id, job_pk, args.followers, args.events,
+                                               args.gap))
+                finally:
+                    errors = [line for line in (Path(tmp) / "api.log").read_text().splitlines()
+                              if "Error" in line or "error" in line]
+                    if errors:
+                        print("  server log:", *errors[-5:], sep="\n    ", flush=True)
     finally:
         from app.core.db import engine_for
 

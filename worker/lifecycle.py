@@ -1,5 +1,6 @@
 """The Celery worker's own lifecycle (the parent process, not the pool child running a job).
 
+- Init: import the training stack, so every forked pool process starts with it loaded.
 - Ready: start the reaper (worker/reaper.py) in a process of its own; it exits with the worker.
 - Warm shutdown (SIGTERM, as `docker stop` and Kubernetes send it): pass SIGTERM to the pool
   child running a job; the job saves a checkpoint before its next optimizer step and goes back
@@ -16,10 +17,19 @@ import subprocess
 import sys
 
 from billiard.process import active_children
-from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 log = logging.getLogger("whetstone.worker")
 _reaper: list[subprocess.Popen] = []
+
+
+@worker_init.connect
+def preload_training(**_: object) -> None:
+    """Import the training stack (torch, transformers, peft) once, in the parent: each job runs in a
+    freshly forked pool process (max_tasks_per_child=1), which then starts with it loaded instead of
+    spending seconds importing it before the job's first event (bench/dispatch.py). Importing torch
+    starts no thread and touches no GPU, so forking after it is safe."""
+    import worker.training  # noqa: F401
 
 
 @worker_ready.connect

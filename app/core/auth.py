@@ -108,8 +108,8 @@ def _forbidden(message: str) -> APIError:
     return APIError(403, message, type="invalid_request_error", code="insufficient_permissions")
 
 
-def _authenticate(request: Request) -> tuple[ApiKey, Project | None]:
-    header = request.headers.get("authorization", "")
+def _lookup(session: Session, header: str) -> tuple[ApiKey, Project | None]:
+    """The live key of an `Authorization: Bearer <key>` header and its project; 401 otherwise."""
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise _unauthorized(
@@ -117,32 +117,36 @@ def _authenticate(request: Request) -> tuple[ApiKey, Project | None]:
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
     secret = secret.strip()
-    with session_scope(request.app.state.settings.resolved_database_url) as session:
-        row = session.execute(
-            select(ApiKey, Project).outerjoin(Project, ApiKey.project_pk == Project.pk).where(
-                ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)
-            )
-        ).first()
-        if row is not None:
-            session.expunge_all()
+    row = session.execute(
+        select(ApiKey, Project).outerjoin(Project, ApiKey.project_pk == Project.pk).where(
+            ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None)
+        )
+    ).first()
     if row is None:
         shown = secret[:8] + "*" * 4 + secret[-4:] if len(secret) > 12 else "****"
         raise _unauthorized(f"Incorrect API key provided: {shown}.")
     return row[0], row[1]
 
 
-def current_caller(request: Request) -> Caller:
-    """The project a project key belongs to; admin keys are refused (403)."""
-    key, project = _authenticate(request)
+def authenticate(session: Session, header: str) -> Caller:
+    """The project a project key belongs to, looked up in `session` (so a route can authenticate in
+    the session it then works in); 401 for no or a bad key, 403 for an admin key."""
+    key, project = _lookup(session, header)
     if key.role != "project" or project is None:
         raise _forbidden("This is an admin key; it manages projects and keys but cannot use a project's API. "
                          "Use a project key.")
     return Caller(project_pk=project.pk, project_id=project.id, project_name=project.name)
 
 
+def current_caller(request: Request) -> Caller:
+    with session_scope(request.app.state.settings.resolved_database_url) as session:
+        return authenticate(session, request.headers.get("authorization", ""))
+
+
 def current_admin(request: Request) -> AdminCaller:
     """An admin key; project keys are refused (403)."""
-    key, _ = _authenticate(request)
-    if key.role != "admin":
-        raise _forbidden("You have insufficient permissions for this operation: it needs an admin key.")
-    return AdminCaller(key_id=key.id)
+    with session_scope(request.app.state.settings.resolved_database_url) as session:
+        key, _ = _lookup(session, request.headers.get("authorization", ""))
+        if key.role != "admin":
+            raise _forbidden("You have insufficient permissions for this operation: it needs an admin key.")
+        return AdminCaller(key_id=key.id)

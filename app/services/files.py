@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -17,7 +18,7 @@ from app.models import File
 from app.protocol.files import FileObject
 from app.services.scope import owned, scoped
 from app.services.storage import CHUNK, Storage
-from worker.training.validation import InvalidExample, validate_lines
+from worker.training.validation import DataSummary, InvalidExample, LineValidator
 
 PURPOSES = {"fine-tune"}
 # Purposes a client may read but not upload: results written by the service itself.
@@ -68,63 +69,103 @@ def project_storage_bytes(session: Session, caller: Caller | int) -> int:
     return int(files) + int(parts)
 
 
-def _lines(source: BinaryIO, sink, limits: UploadLimits):
-    """Yield the upload's lines while copying every byte to `sink`; 413 past the byte limit or
-    the project's quota, 400 for a line too long or too many lines (checked as bytes arrive, so
-    a huge line is refused without being held whole)."""
-    pending = b""
-    count = 0
-    while chunk := source.read(CHUNK):
-        sink.write(chunk)
-        if sink.bytes > limits.max_bytes:
+class FileSink:
+    """An upload's bytes, in order, in blocks of any size: each block is stored and its complete
+    lines checked as it comes (the last, unfinished line waits for the next block, and is refused
+    as soon as it outgrows the line limit, so a huge line is never held whole). 413 past the byte
+    limit or the project's quota, 400 naming the line for a bad example, a line too long or too
+    many lines; `finish` gives the summary. With `digest`, the sha256 of the bytes is kept too
+    (Idempotency-Key)."""
+
+    def __init__(self, writer, limits: UploadLimits, *, digest: bool = False) -> None:
+        self.writer, self.limits = writer, limits
+        self.sha256 = hashlib.sha256() if digest else None
+        self.validator = LineValidator()
+        self._rest = b""
+        self._lines = 0
+
+    def feed(self, block: bytes) -> None:
+        self.writer.write(block)
+        limits = self.limits
+        if self.writer.bytes > limits.max_bytes:
             raise APIError(413, f"File is larger than the limit of {limits.max_bytes} bytes.", param="file",
                            code="file_too_large")
-        if limits.quota_left is not None and sink.bytes > limits.quota_left:
+        if limits.quota_left is not None and self.writer.bytes > limits.quota_left:
             raise quota_exceeded(limits.quota)
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            count += 1
-            _check_line(line, count, limits)
-            yield line
-        if len(pending) > limits.max_line_bytes:
-            _check_line(pending, count + 1, limits)
-    if pending:
-        count += 1
-        _check_line(pending, count, limits)
-        yield pending
+        if self.sha256 is not None:
+            self.sha256.update(block)
+        lines = block.split(b"\n")
+        lines[0] = self._rest + lines[0]
+        self._rest = lines.pop()
+        self._count(lines)
+        if len(self._rest) > limits.max_line_bytes:
+            self._line_too_long(self._lines + 1)
+        self._check(lines)
 
+    def finish(self) -> DataSummary:
+        if self._rest:
+            self._count([self._rest])
+            self._check([self._rest])
+            self._rest = b""
+        return self._check(None)
 
-def _check_line(line: bytes, number: int, limits: UploadLimits) -> None:
-    if len(line) > limits.max_line_bytes:
+    def _count(self, lines: list[bytes]) -> None:
+        for line in lines:
+            self._lines += 1
+            if len(line) > self.limits.max_line_bytes:
+                self._line_too_long(self._lines)
+        if self._lines > self.limits.max_lines:
+            raise invalid(f"Invalid file format for fine-tuning: more than the limit of {self.limits.max_lines} "
+                          "lines.", param="file", code="too_many_lines")
+
+    def _line_too_long(self, number: int) -> None:
         raise invalid(f"Invalid file format for fine-tuning: line {number}: longer than the limit of "
-                      f"{limits.max_line_bytes} bytes.", param="file", code="line_too_long")
-    if number > limits.max_lines:
-        raise invalid(f"Invalid file format for fine-tuning: more than the limit of {limits.max_lines} lines.",
-                      param="file", code="too_many_lines")
+                      f"{self.limits.max_line_bytes} bytes.", param="file", code="line_too_long")
 
-
-def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
-                filename: str, purpose: str, limits: UploadLimits, with_row=None) -> File:
-    """Store and validate an upload. The storage key is server-made (project id, new file id);
-    the client's filename is only a label in the row, never part of a path; the content is only
-    parsed as JSON lines, never executed or unpickled. `with_row(row)`, if given, runs just before
-    the commit, so what it changes is committed together with the file."""
-    if purpose not in PURPOSES:
-        raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
-                      param="purpose", code="invalid_purpose")
-    file_id = new_id("file")
-    key = f"{caller.project_id}/{file_id}.jsonl"
-    with storage.writer(key) as writer:
+    def _check(self, lines: list[bytes] | None) -> DataSummary | None:
         try:
-            summary = validate_lines(_lines(upload, writer, limits))
+            if lines is None:
+                return self.validator.finish()
+            self.validator.feed(lines)
         except InvalidExample as exc:
             where = f"line {exc.line}: " if exc.line else ""
             raise invalid(f"Invalid file format for fine-tuning: {where}{exc.reason}", param="file",
                           code="invalid_file_format") from None
-        row = File(id=file_id, project_pk=caller.project_pk, filename=_label(filename),
-                   purpose=purpose, bytes=writer.bytes, status="processed", storage_key=key,
-                   data_format=summary.format, n_examples=summary.n_examples)
+        return None
+
+
+def check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise invalid(f"'{purpose}' is not a supported purpose. Supported purposes: {sorted(PURPOSES)}.",
+                      param="purpose", code="invalid_purpose")
+
+
+def new_file(caller: Caller) -> tuple[str, str]:
+    """A new file's id and storage key: server-made (project id, new file id); the client's
+    filename is only a label in the row, never part of a path."""
+    file_id = new_id("file")
+    return file_id, f"{caller.project_id}/{file_id}.jsonl"
+
+
+def file_row(caller: Caller, file_id: str, key: str, filename: str, purpose: str, size: int,
+             summary: DataSummary) -> File:
+    return File(id=file_id, project_pk=caller.project_pk, filename=_label(filename),
+                purpose=purpose, bytes=size, status="processed", storage_key=key,
+                data_format=summary.format, n_examples=summary.n_examples)
+
+
+def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
+                filename: str, purpose: str, limits: UploadLimits, with_row=None) -> File:
+    """A file from a readable stream (the Uploads API's assembled parts); the content is only
+    parsed as JSON lines, never executed or unpickled. `with_row(row)`, if given, runs just before
+    the commit, so what it changes is committed together with the file."""
+    check_purpose(purpose)
+    file_id, key = new_file(caller)
+    with storage.writer(key) as writer:
+        sink = FileSink(writer, limits)
+        while chunk := upload.read(CHUNK):
+            sink.feed(chunk)
+        row = file_row(caller, file_id, key, filename, purpose, writer.bytes, sink.finish())
         if with_row is not None:
             with_row(row)
         commit_with_file(session, storage, writer, key, row)

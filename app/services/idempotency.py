@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -51,10 +50,6 @@ def remember(session: Session, caller: Caller, scope: str, key: str, request_has
     session.flush()
 
 
-def upload_digest(upload: BinaryIO, filename: str, purpose: str) -> str:
-    """Hash an upload's bytes (then rewind it for storing)."""
-    h = hashlib.sha256()
-    while chunk := upload.read(1 << 20):
-        h.update(chunk)
-    upload.seek(0)
-    return digest([purpose.encode(), filename.encode(), h.digest()])
+def upload_digest_of(sha256: bytes, filename: str, purpose: str) -> str:
+    """The request hash of an upload whose bytes' sha256 is known (hashed while it streamed)."""
+    return digest([purpose.encode(), filename.encode(), sha256])

@@ -4,49 +4,94 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Body, File, Form, Header, Query, UploadFile
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, StorageDep
 from app.core.config import Settings
+from app.core.db import session_scope
+from app.core.errors import invalid
 from app.protocol.common import ListResponse
 from app.protocol.files import FileDeleted, FileObject, FileValidation, ValidateFileRequest
 from app.services import files as service
 from app.services import idempotency
+from app.services.multipart_stream import Form, read_form
 from app.services.storage import Storage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.post("", response_model=FileObject)
-def upload_file(
-    file: UploadFile = File(...),
-    purpose: str = Form(...),
+# The form, for the OpenAPI schema: the route reads the body itself (app/services/multipart_stream.py).
+_UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string"}}}}}}}
+
+
+@router.post("", response_model=FileObject, openapi_extra=_UPLOAD_FORM)
+async def upload_file(
+    request: Request,
     caller: Caller = CallerDep,
-    session: Session = SessionDep,
     storage: Storage = StorageDep,
     settings: Settings = SettingsDep,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ) -> FileObject:
+    """Multipart `file` and `purpose`. The file is checked and stored while it arrives, a block at a
+    time in a worker thread: never spooled to a temporary file, never whole in memory."""
     key = idempotency.check_key(idempotency_key)
-    if key:  # same key and same upload: the file stored the first time
-        body_hash = idempotency.upload_digest(file.file, file.filename or "", purpose)
-        existing = idempotency.lookup(session, caller, "file", key, body_hash)
-        if existing:
-            return service.to_wire(service.get_file(session, caller, existing))
-    limits = service.UploadLimits.for_project(session, settings, caller)
-    row = service.create_file(session, storage, caller, upload=file.file, filename=file.filename or "",
-                              purpose=purpose, limits=limits)
-    if key:
-        try:
-            idempotency.remember(session, caller, "file", key, body_hash, row.id)
-        except IntegrityError:  # a concurrent retry with this key stored its file first: answer with that one
-            service.discard_new_file(session, storage, caller, row)  # and take ours back, row and bytes
-            return service.to_wire(service.get_file(session, caller,
-                                                    idempotency.lookup(session, caller, "file", key, body_hash)))
-    return service.to_wire(row)
+    limits = await run_in_threadpool(_limits, settings, caller)  # 413 at once for a project over its quota
+    file_id, storage_key = service.new_file(caller)
+    writer = storage.writer(storage_key)
+    await run_in_threadpool(writer.__enter__)
+    try:
+        sink = service.FileSink(writer, limits, digest=bool(key))
+
+        def purpose_first(form: Form) -> None:  # sent before the file (as the SDKs do): refuse at once
+            if "purpose" in form.fields:
+                service.check_purpose(form.fields["purpose"])
+
+        form = await read_form(request.headers.get("content-type", ""), request.stream(), "file", sink.feed,
+                               purpose_first)
+        purpose = form.fields.get("purpose")
+        if purpose is None:
+            raise invalid("Invalid value for 'purpose': Field required", param="purpose", code="invalid_value")
+        service.check_purpose(purpose)
+        if form.filename is None:
+            raise invalid("Invalid value for 'file': Field required", param="file", code="invalid_value")
+        if form.error is not None:
+            raise form.error
+        return await run_in_threadpool(_store_upload, settings, storage, caller, sink, file_id, storage_key,
+                                       form.filename, purpose, key)
+    finally:
+        await run_in_threadpool(writer.__exit__, None, None, None)
+
+
+def _limits(settings: Settings, caller: Caller) -> service.UploadLimits:
+    with session_scope(settings.resolved_database_url) as session:
+        return service.UploadLimits.for_project(session, settings, caller)
+
+
+def _store_upload(settings: Settings, storage: Storage, caller: Caller, sink: service.FileSink, file_id: str,
+                  storage_key: str, filename: str, purpose: str, key: str | None) -> FileObject:
+    summary = sink.finish()
+    with session_scope(settings.resolved_database_url) as session:
+        if key:  # same key and same upload: the file stored the first time
+            body_hash = idempotency.upload_digest_of(sink.sha256.digest(), filename, purpose)
+            existing = idempotency.lookup(session, caller, "file", key, body_hash)
+            if existing:
+                return service.to_wire(service.get_file(session, caller, existing))
+        row = service.file_row(caller, file_id, storage_key, filename, purpose, sink.writer.bytes, summary)
+        service.commit_with_file(session, storage, sink.writer, storage_key, row)
+        if key:
+            try:
+                idempotency.remember(session, caller, "file", key, body_hash, row.id)
+            except IntegrityError:  # a concurrent retry with this key stored its file first: answer with that one
+                service.discard_new_file(session, storage, caller, row)  # and take ours back, row and bytes
+                return service.to_wire(service.get_file(session, caller,
+                                                        idempotency.lookup(session, caller, "file", key, body_hash)))
+        return service.to_wire(row)
 
 
 @router.get("", response_model=ListResponse[FileObject])

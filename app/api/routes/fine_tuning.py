@@ -6,11 +6,12 @@ import json
 import logging
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep
+from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, caller_session
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import APIError
@@ -29,14 +30,13 @@ log = logging.getLogger("whetstone.jobs")
 
 
 @router.post("", response_model=FineTuningJob)
-def create_job(body: CreateJobRequest, request: Request, caller: Caller = CallerDep,
-               settings: Settings = SettingsDep,
+def create_job(body: CreateJobRequest, request: Request, settings: Settings = SettingsDep,
                idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> FineTuningJob:
-    url = settings.resolved_database_url
+    # One thread hop and one session for the caller and the job (deps.caller_session).
     key = idempotency.check_key(idempotency_key)
     body_hash = idempotency.digest([json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()])
     try:
-        with session_scope(url) as session:
+        with caller_session(request) as (session, caller):
             existing = key and idempotency.lookup(session, caller, "fine_tuning.job", key, body_hash)
             if existing:
                 return service.to_wire(service.get_job(session, caller, existing))
@@ -44,8 +44,9 @@ def create_job(body: CreateJobRequest, request: Request, caller: Caller = Caller
             service.queued_event(session, job)
             if key:
                 idempotency.remember(session, caller, "fine_tuning.job", key, body_hash, job.id)
+            answer = service.to_wire(job)  # as committed; the project is already in the session
     except IntegrityError:  # the same key, committed by a concurrent retry a moment ago
-        with session_scope(url) as session:
+        with caller_session(request) as (session, caller):
             existing = key and idempotency.lookup(session, caller, "fine_tuning.job", key, body_hash)
             if not existing:
                 raise
@@ -53,21 +54,30 @@ def create_job(body: CreateJobRequest, request: Request, caller: Caller = Caller
     # Only after the commit: a worker that picks the id up must find the row. With the broker down
     # the job stays stored and waiting; the workers' reaper sends it once the broker is back.
     send_job(settings, job.id)
-    with session_scope(url) as session:
-        return service.to_wire(service.get_job(session, caller, job.id))
+    return answer
 
 
 @router.get("", response_model=ListResponse[FineTuningJob])
-def list_jobs(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None,
-              caller: Caller = CallerDep, session: Session = SessionDep) -> ListResponse[FineTuningJob]:
+async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=100),
+                    after: str | None = None) -> ListResponse[FineTuningJob]:
     metadata = metadata_filter(request.query_params.multi_items())
-    rows, has_more = service.list_jobs(session, caller, limit=limit, after=after, metadata=metadata)
-    return ListResponse[FineTuningJob](data=[service.to_wire(r) for r in rows], has_more=has_more)
+    return await run_in_threadpool(_list_jobs, request, limit, after, metadata)  # one thread hop (deps.caller_session)
+
+
+def _list_jobs(request: Request, limit: int, after: str | None, metadata) -> ListResponse[FineTuningJob]:  # noqa: ANN001
+    with caller_session(request) as (session, caller):
+        rows, has_more = service.list_jobs(session, caller, limit=limit, after=after, metadata=metadata)
+        return ListResponse[FineTuningJob](data=[service.to_wire(r) for r in rows], has_more=has_more)
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
-def retrieve_job(job_id: str, caller: Caller = CallerDep, session: Session = SessionDep) -> FineTuningJob:
-    return service.to_wire(service.get_job(session, caller, job_id))
+async def retrieve_job(request: Request, job_id: str) -> FineTuningJob:
+    return await run_in_threadpool(_retrieve_job, request, job_id)
+
+
+def _retrieve_job(request: Request, job_id: str) -> FineTuningJob:
+    with caller_session(request) as (session, caller):
+        return service.to_wire(service.get_job(session, caller, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJob)
@@ -90,30 +100,39 @@ def resume_job(job_id: str, caller: Caller = CallerDep, settings: Settings = Set
 
 
 @router.get("/{job_id}/events", response_model=ListResponse[JobEvent])
-def list_events(
+async def list_events(
     request: Request,
     job_id: str,
     limit: int = Query(20, ge=1, le=1000),
     after: str | None = None,
     stream: bool = False,
     last_event_id: str | None = Header(None),
-    caller: Caller = CallerDep,
-    settings: Settings = SettingsDep,
 ):
-    # A short session of its own: a follower must not hold a database connection while it streams.
-    with session_scope(settings.resolved_database_url) as session:
-        job = service.get_job(session, caller, job_id)
-        if not stream:
-            after_pk = None
-            if after:
-                after_pk = event_service.event_pk(session, caller, job.pk, after)
-                if after_pk is None:
-                    raise APIError(404, f"No such event: '{after}'", param="after")
-            rows, has_more = event_service.events_newest_first(session, caller, job.pk, limit=limit, after_pk=after_pk)
-            return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
+    # One thread hop for the database work; a follower holds no database connection while it streams.
+    page_or_pk = await run_in_threadpool(_events_page, request, job_id, limit, after, stream)
+    if not stream:
+        return page_or_pk
     since = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     # Per-key cap on open streams, a maximum lifetime, a send timeout (issue 16).
-    return limited_event_stream(request, follow_job_events(settings, job.pk, since, request.is_disconnected))
+    return limited_event_stream(request, follow_job_events(request.app.state.settings, page_or_pk, since,
+                                                           request.is_disconnected))
+
+
+def _events_page(request: Request, job_id: str, limit: int, after: str | None,
+                 stream: bool) -> ListResponse[JobEvent] | int:
+    """A page of the job's events, newest first; for a stream, only the job's pk."""
+    with caller_session(request) as (session, caller):
+        job = service.get_job(session, caller, job_id)
+        if stream:
+            return job.pk
+        after_pk = None
+        if after:
+            after_pk = event_service.event_pk(session, caller, job.pk, after)
+            if after_pk is None:
+                raise APIError(404, f"No such event: '{after}'", param="after")
+        rows, has_more = event_service.events_newest_first(session, caller, job.pk, limit=limit,
+                                                           after_pk=after_pk)
+        return ListResponse[JobEvent](data=[event_service.to_wire(r) for r in rows], has_more=has_more)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListResponse[JobCheckpoint])

@@ -1,0 +1,173 @@
+"""A multipart/form-data request body read as it arrives, with one file part handed on in blocks.
+
+FastAPI's `UploadFile` has Starlette spool the whole file to a temporary file first (one thread
+hop per network chunk once past 1 MB) and the route then reads it back: every byte is written
+and read twice before the route sees it. Here python-multipart parses the body on the event
+loop, small fields are kept (at most MAX_FIELD bytes each), and the file part's bytes go to
+`consume` in blocks of about `block` bytes, in a worker thread, one block in flight while the
+next arrives; memory stays at about two blocks whatever the file's size.
+
+A `consume` that raises (a bad line, a file too large) stops the handing on; the rest of the body
+is still read (and dropped), so the client, still sending, gets the answer rather than a reset
+connection. The first error is returned in `Form.error` for the caller to raise once it has
+looked at the fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from fastapi.concurrency import run_in_threadpool
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.core.errors import invalid
+
+BLOCK = 4 << 20
+MAX_FIELD = 64 << 10
+MAX_PARTS = 1000  # Starlette's own caps on a form (max_fields, max_files): more is an attack, not a form
+MAX_HEADER = 8 << 10  # bytes in one part header (name or value)
+
+
+def _bad_body(message: str) -> Exception:
+    return invalid(f"The request body could not be parsed: {message}", param=None, code="invalid_body")
+
+
+@dataclass
+class Form:
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None  # None: no part named `file_field` with a filename came
+    file_bytes: int = 0
+    error: BaseException | None = None
+
+
+class _Parts:
+    """python-multipart callbacks: headers per part, small fields kept, the file part's bytes queued."""
+
+    def __init__(self, form: Form, file_field: str, on_file_start: Callable[[Form], None]) -> None:
+        self.form, self.file_field, self.on_file_start = form, file_field, on_file_start
+        self.header_name = self.header_value = b""
+        self.disposition = b""
+        self.name: str | None = None
+        self.value = bytearray()
+        self.in_file = False
+        self.queued: list[bytes] = []
+        self.queued_bytes = 0
+        self.parts = 0
+
+    def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise _bad_body(f"more than {MAX_PARTS} parts in the form.")
+        self.disposition, self.name, self.in_file = b"", None, False
+        self.value = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+        if len(self.header_name) > MAX_HEADER:
+            raise _bad_body(f"a part header is longer than {MAX_HEADER} bytes.")
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+        if len(self.header_value) > MAX_HEADER:
+            raise _bad_body(f"a part header is longer than {MAX_HEADER} bytes.")
+
+    def on_header_end(self) -> None:
+        if self.header_name.lower() == b"content-disposition":
+            self.disposition = self.header_value
+        self.header_name = self.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.disposition)
+        if b"name" not in options:
+            raise invalid('Invalid multipart body: a part has no Content-Disposition "name".', param="file")
+        self.name = options[b"name"].decode("utf-8", "replace")
+        if self.name == self.file_field and b"filename" in options:
+            if self.form.filename is not None:
+                raise invalid(f"Send one '{self.file_field}' part.", param=self.file_field)
+            self.form.filename = options[b"filename"].decode("utf-8", "replace")
+            self.in_file = True
+            if self.form.error is None:
+                try:
+                    self.on_file_start(self.form)
+                except Exception as exc:  # noqa: BLE001 - reported once the body is read
+                    self.form.error = exc
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.in_file:
+            self.form.file_bytes += end - start
+            if self.form.error is None:
+                self.queued.append(data[start:end])
+                self.queued_bytes += end - start
+        elif self.name is not None:
+            if len(self.value) + end - start > MAX_FIELD:
+                raise invalid(f"Form field '{self.name}' is longer than {MAX_FIELD} bytes.", param=self.name)
+            self.value += data[start:end]
+
+    def on_part_end(self) -> None:
+        if not self.in_file and self.name is not None:
+            self.form.fields.setdefault(self.name, self.value.decode("utf-8", "replace"))
+
+    def take(self) -> bytes:
+        block = b"".join(self.queued)
+        self.queued.clear()
+        self.queued_bytes = 0
+        return block
+
+
+async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: str,
+                    consume: Callable[[bytes], None], on_file_start: Callable[[Form], None] = lambda form: None,
+                    block: int | None = None) -> Form:
+    """Parse the body; the bytes of part `file_field` go to `consume(block)` (in a thread, in order).
+    `on_file_start(form)` runs when that part begins, with the fields sent before it: raise there to
+    skip the file's processing (the error comes back in `Form.error`)."""
+    block = block or BLOCK
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or not options.get(b"boundary"):
+        raise invalid("Send the file as multipart/form-data (fields 'file' and 'purpose').", param=file_field)
+    form = Form()
+    parts = _Parts(form, file_field, on_file_start)
+    parser = MultipartParser(options[b"boundary"], {
+        "on_part_begin": parts.on_part_begin, "on_part_data": parts.on_part_data, "on_part_end": parts.on_part_end,
+        "on_header_field": parts.on_header_field, "on_header_value": parts.on_header_value,
+        "on_header_end": parts.on_header_end, "on_headers_finished": parts.on_headers_finished})
+    in_flight: asyncio.Future | None = None
+
+    async def settle() -> None:
+        nonlocal in_flight
+        if in_flight is not None:
+            try:
+                await in_flight
+            except Exception as exc:  # noqa: BLE001 - the first error wins; later blocks are dropped
+                form.error = form.error or exc
+            in_flight = None
+
+    def hand_on() -> None:
+        nonlocal in_flight
+        in_flight = asyncio.ensure_future(run_in_threadpool(consume, parts.take()))
+
+    try:
+        async for chunk in body:
+            try:
+                parser.write(chunk)
+            except FormParserError:
+                raise _bad_body("it is not valid multipart/form-data.") from None
+            if parts.queued_bytes >= block:
+                await settle()
+                if form.error is None:
+                    hand_on()
+                else:
+                    parts.take()
+        parser.finalize()
+        await settle()
+        if parts.queued_bytes and form.error is None:
+            hand_on()
+            await settle()
+    finally:
+        if in_flight is not None:  # a bad body or a client gone: the thread finishes its block first
+            await asyncio.shield(asyncio.wait([in_flight]))
+            if not in_flight.cancelled():
+                in_flight.exception()  # retrieved: the error that matters is the one propagating
+    return form

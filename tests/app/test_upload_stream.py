@@ -1,0 +1,100 @@
+"""POST /v1/files reads its multipart body as it arrives (app/services/multipart_stream.py): the
+file reaches storage and the line check in blocks, whatever the network chunks, and a bad line
+far into the file is still named by its number with nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.core.errors import APIError
+from app.services import multipart_stream
+from app.services.multipart_stream import read_form
+from tests.data import chat_jsonl, completion_jsonl
+
+BOUNDARY = b"b0undary"
+
+
+def body(parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    out = b""
+    for name, filename, value in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += b"--" + BOUNDARY + f"\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return out + b"--" + BOUNDARY + b"--\r\n"
+
+
+def read(raw: bytes, consume, chunk: int = 7, block: int = 50):
+    async def chunks():
+        for i in range(0, len(raw), chunk):
+            yield raw[i:i + chunk]
+
+    return asyncio.run(read_form(f"multipart/form-data; boundary={BOUNDARY.decode()}", chunks(), "file",
+                                 consume, block=block))
+
+
+def test_the_file_arrives_in_blocks_in_order_and_the_fields_beside_it():
+    content = chat_jsonl(40)
+    blocks: list[bytes] = []
+    form = read(body([("purpose", None, b"fine-tune"), ("file", "my data.jsonl", content), ("extra", None, b"x")]),
+                blocks.append)
+    assert b"".join(blocks) == content and len(blocks) > 10 and all(len(b) < 50 + 7 for b in blocks)
+    assert form.fields == {"purpose": "fine-tune", "extra": "x"} and form.filename == "my data.jsonl"
+    assert form.file_bytes == len(content) and form.error is None
+
+
+def test_a_failing_block_stops_the_handing_on_but_the_body_is_read_to_the_end():
+    calls = []
+
+    def consume(block: bytes) -> None:
+        calls.append(block)
+        if len(calls) == 2:
+            raise APIError(400, "bad line", param="file")
+
+    form = read(body([("file", "a.jsonl", chat_jsonl(40)), ("purpose", None, b"fine-tune")]), consume)
+    assert len(calls) == 2 and isinstance(form.error, APIError)
+    assert form.fields == {"purpose": "fine-tune"}  # the part after the file was still read
+
+
+def test_not_multipart_is_a_400_naming_the_file():
+    with pytest.raises(APIError) as exc:
+        asyncio.run(read_form("application/json", None, "file", lambda b: None))
+    assert exc.value.status_code == 400 and exc.value.param == "file"
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(multipart_stream, "BLOCK", 256)
+
+
+def stored_files(settings) -> list:
+    return sorted(p.name for p in settings.storage_dir.rglob("*") if p.is_file())
+
+
+def test_a_bad_line_many_blocks_in_is_named_and_leaves_nothing(api, settings, small_blocks):
+    content = chat_jsonl(200) + b'{"messages": [{"role": "robot", "content": "x"}]}\n' + chat_jsonl(5)
+    response = api.upload(content)
+    assert response.status_code == 400, response.text
+    assert "line 201: messages[0].role must be one of" in response.json()["error"]["message"]
+    assert stored_files(settings) == [] and api.get("/v1/files").json()["data"] == []
+
+
+def test_a_file_of_many_blocks_is_stored_whole(api, small_blocks):
+    content = completion_jsonl(300)
+    response = api.upload(content, filename="c.jsonl")
+    assert response.status_code == 200, response.text
+    assert response.json()["bytes"] == len(content)
+    assert api.get(f"/v1/files/{response.json()['id']}/content").content == content
+
+
+def test_purpose_after_the_file_is_still_checked(api, settings):
+    raw = body([("file", "a.jsonl", chat_jsonl()), ("purpose", None, b"assistants")])
+    response = api.client.post("/v1/files", content=raw,
+                        headers={**api.headers, "content-type": f"multipart/form-data; boundary={BOUNDARY.decode()}"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "purpose"
+    assert stored_files(settings) == []
+
+
+def test_missing_file_names_the_field(api):
+    response = api.post("/v1/files", data={"purpose": "fine-tune"}, files={"other": ("a.jsonl", b"x")})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "file"
