@@ -67,6 +67,7 @@ class JobRun:
         self.lost = threading.Event()
         self.handoff = threading.Event()  # set by SIGTERM: checkpoint and give the job back
         self.waiting_for_slot = False  # the project's running-job limit was reached: the job waits
+        self.quantization = "none"  # how the base is loaded for training; set from the config in _run
         self._stop_heartbeat = threading.Event()
         self._status: tuple[float, str | None] = (0.0, None)
         self._progress: tuple[float, int] | None = None
@@ -173,7 +174,7 @@ class JobRun:
                 return
             session.add(Checkpoint(id=new_id("ftckpt"), job_pk=self.job.pk, step_number=step,
                                    metrics={k: v for k, v in metrics.items() if v is not None},
-                                   model_id=model_id, adapter_path=ref))
+                                   model_id=model_id, adapter_path=ref, quantization=self.quantization))
             add_event(session, self.job.pk, f"Checkpoint created at step {step}", data={"step": step})
 
     def on_checkpoint_removed(self, step: int, path: Path) -> None:
@@ -250,7 +251,8 @@ class JobRun:
                                     finished_at=now(), result_files=[result_file], estimated_finish=None):
                 return False
             session.add(FineTunedModel(id=self.model_name, project_pk=self.job.project_pk, job_pk=self.job.pk,
-                                       base_model=self.job.model, adapter_path=adapter_ref))
+                                       base_model=self.job.model, adapter_path=adapter_ref,
+                                       quantization=self.quantization))
             add_event(session, self.job.pk, f"New fine-tuned model created: {self.model_name}")
             add_event(session, self.job.pk, "The job has successfully completed")
         return True
@@ -381,6 +383,7 @@ def _run(run: JobRun) -> None:
         output_dir=run.workdir / "adapter", checkpoint_dir=run.workdir / "checkpoints",
         hyperparameters=hyper, seed=job.seed, **options,
     )
+    run.quantization = config.lora.quantization  # its adapters are served on a base loaded the same way
     result = train(config, run)
     if result.stopped:
         status = run.status(max_age=0)
