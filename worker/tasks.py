@@ -29,7 +29,7 @@ from app.services import job_state as state
 from app.services.base_models import ensure_base_model
 from app.services.event_bus import configure_publisher
 from app.services.events import add_event
-from app.services.jobs import fine_tuned_model_name
+from app.services.jobs import announce_queue_positions, fine_tuned_model_name
 from app.services.queue import send_job
 from app.services.storage import storage_for
 from worker import legacy_results
@@ -367,6 +367,7 @@ def _run(run: JobRun) -> None:
                                 .values(enqueued_at=time.time()))
                 run.waiting_for_slot = True
             return
+        announce_queue_positions(session, job.pk)  # the jobs behind this one moved up
         resume = run.last_checkpoint()
         if resume:
             add_event(session, job.pk, f"Fine-tuning job resumed from the checkpoint at step {resume[0]}",
