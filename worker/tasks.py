@@ -96,9 +96,11 @@ class JobRun:
         with session_scope(self.url) as session:
             state.release(session, self.job.pk, self.owner)
             status = session.scalar(select(FineTuningJob.status).where(FineTuningJob.pk == self.job.pk))
-        # Resumed while we paused, or handed back: someone must pick it up. A job that found no free
-        # slot is not sent again here: the run that frees a slot sends it (wake_next).
-        if status == "queued" and not self.waiting_for_slot:
+        # Resumed while we paused: someone must pick it up. A job that found no free slot is not sent
+        # again here: the run that frees a slot sends it (wake_next). Nor is one handed back by a
+        # worker shutting down, which could still take the message itself: it left `enqueued_at`
+        # empty, and the reapers of the workers that stay (or start next) send it.
+        if status == "queued" and not self.waiting_for_slot and not self.handoff.is_set():
             send_job(self.settings, self.job.id)
 
     def move(self, new: str, expected: list[str], message: str | None = None, *, data: dict | None = None,
@@ -157,7 +159,7 @@ class JobRun:
         """Paused by the user, or the worker is shutting down: checkpoint, then give the job back."""
         if self.handoff.is_set() and self.status() == "running":
             self.move("queued", ["running"], "The worker is shutting down: the job is checkpointed and goes back "
-                      "to the queue")
+                      "to the queue", enqueued_at=None)
             self._status = (0.0, None)
         return self.status() in ("paused", "queued")
 
@@ -298,7 +300,7 @@ def run_job(settings: Settings, job_id: str, node: str = "worker") -> None:
             signal.signal(signal.SIGTERM, previous)
         run.release()
         if not run.waiting_for_slot:  # this run held a slot and has freed it
-            wake_next(settings, job.project_pk)
+            wake_next(settings, job.project_pk, send=not run.handoff.is_set())
 
 
 def _on_sigterm(run: JobRun) -> Any:
@@ -308,13 +310,17 @@ def _on_sigterm(run: JobRun) -> Any:
     return signal.signal(signal.SIGTERM, lambda *_: run.handoff.set())
 
 
-def wake_next(settings: Settings, project_pk: int) -> None:
-    """A slot may be free: send the oldest job of the project that waits in `queued` for one."""
+def wake_next(settings: Settings, project_pk: int, send: bool = True) -> None:
+    """A slot may be free: send the oldest job of the project that waits in `queued` for one. A
+    worker shutting down (`send=False`) could take that message itself: it clears the job's
+    `enqueued_at` instead, and the reapers of the workers that stay send it."""
     with session_scope(settings.resolved_database_url) as session:
         job_id = session.scalar(select(FineTuningJob.id).where(
             FineTuningJob.project_pk == project_pk, FineTuningJob.status == "queued",
             FineTuningJob.lease_owner.is_(None)).order_by(FineTuningJob.pk).limit(1))
-    if job_id:
+        if job_id and not send:
+            session.execute(update(FineTuningJob).where(FineTuningJob.id == job_id).values(enqueued_at=None))
+    if job_id and send:
         send_job(settings, job_id)
 
 
