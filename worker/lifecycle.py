@@ -3,7 +3,7 @@
 - Ready: start the reaper (worker/reaper.py) in a process of its own; it exits with the worker.
 - Warm shutdown (SIGTERM, as `docker stop` and Kubernetes send it): stop the reaper, and pass
   SIGTERM to the pool child running a job; the job saves a checkpoint before its next optimizer
-  step and goes back to the queue (worker/tasks.py), and the warm shutdown waits for that. The
+  step and goes back to the queue (worker/run_job.py), and the warm shutdown waits for that. The
   reaper of another worker (or of the next one to start) sends it again, and that worker continues
   the job from the checkpoint.
 """
@@ -31,7 +31,7 @@ def start_reaper(**_: object) -> None:
 @worker_process_init.connect
 def ignore_sigterm_in_pool_process(**_: object) -> None:
     """A pool process finishes what it runs (an evaluation, say) on warm shutdown; a training job
-    installs its own SIGTERM handler (worker/tasks.py) that checkpoints and hands the job back."""
+    installs its own SIGTERM handler (worker/run_job.py) that checkpoints and hands the job back."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
