@@ -63,16 +63,22 @@ def import_base(data_dir: Path | None) -> None:
     click.echo(ensure_base_model(_apply_overrides(data_dir=data_dir), SMOLLM2))
 
 
-def _stop(child: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop the embedded worker with Celery's cold shutdown (it ends its pool processes too).
-    A job it was running stays `running`; nothing resumes it yet."""
-    if child.poll() is not None:
-        return
-    child.send_signal(signal.SIGQUIT)
-    try:
-        child.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        child.kill()
+def _stop(child: subprocess.Popen, grace: float) -> None:
+    """Stop the embedded worker warmly: SIGTERM is Celery's warm shutdown, and the job it runs saves
+    a checkpoint before its next optimizer step and goes back to the queue (worker/lifecycle.py), so
+    the next start resumes it. Past `grace` seconds, a cold shutdown (SIGQUIT), then SIGKILL: the
+    job's lease then expires and the next worker's reaper re-queues it from its last checkpoint."""
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGQUIT, 10.0)):
+        if child.poll() is not None:
+            return
+        child.send_signal(signum)
+        try:
+            child.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    child.kill()
+    child.wait()
 
 
 @main.command()
@@ -95,7 +101,7 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, with_worker
         click.echo(f"warning: built-in base model unavailable: {exc}", err=True)
     if settings.broker_is_embedded if with_worker is None else with_worker:
         child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
-        atexit.register(_stop, child)
+        atexit.register(_stop, child, settings.worker_shutdown_grace)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would skip atexit and
     # end the process "killed by SIGTERM"; a graceful stop exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -125,6 +125,8 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     model_id: Mapped[str] = mapped_column(String(300), unique=True)
     adapter_path: Mapped[str] = mapped_column(String(512))
+    # How the base was loaded while training ("none", "nf4", "int8"): served on that base.
+    quantization: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 
@@ -136,6 +138,9 @@ class FineTunedModel(Base):
     job_pk: Mapped[int] = mapped_column(ForeignKey("fine_tuning_jobs.pk", ondelete="CASCADE"))
     base_model: Mapped[str] = mapped_column(String(256))
     adapter_path: Mapped[str] = mapped_column(String(512))
+    # How the base was loaded while training ("none"; "nf4" or "int8" for QLoRA): the adapter is
+    # served on a base loaded the same way (app/services/inference.py).
+    quantization: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 

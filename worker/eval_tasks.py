@@ -64,7 +64,7 @@ def run_evaluation(settings: Settings, evaluation_id: str) -> None:
         except FileNotFoundError:
             raise LookupError("the model or the evaluation file no longer exists") from None
         result = evaluate(ensure_base_model(settings, target.base_model), target.adapter_path,
-                          data_path, max_new_tokens=max_tokens)
+                          data_path, max_new_tokens=max_tokens, quantization=target.quantization)
         report = build_report(result)
         content = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in result["samples"]).encode()
         file_id = new_id("file")

@@ -1,5 +1,5 @@
-"""What a legacy fine-tune (`/v1/fine-tunes`) adds to a job's run: the results CSV with the
-legacy columns, and the classification metrics it may ask for, computed on its validation file
+"""What a legacy fine-tune (`/v1/fine-tunes`) adds to a job's run: the legacy columns of its
+results CSV, and the classification metrics it may ask for, computed on its validation file
 with the trained adapter.
 
 Classification: every distinct completion in the validation file is a class; the model's
@@ -9,33 +9,17 @@ probability (softmax over the classes' log-likelihoods) gives AUROC and AUPRC.""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ["step", "elapsed_tokens", "elapsed_examples", "training_loss", "training_sequence_accuracy",
-           "training_token_accuracy", "validation_loss", "validation_sequence_accuracy",
-           "validation_token_accuracy"]
-SOURCES = {"training_loss": "train_loss", "training_sequence_accuracy": "train_mean_sequence_accuracy",
-           "training_token_accuracy": "train_mean_token_accuracy", "validation_loss": "valid_loss",
-           "validation_sequence_accuracy": "valid_mean_sequence_accuracy",
-           "validation_token_accuracy": "valid_mean_token_accuracy"}
-
-
-def results_csv(metrics: list[dict], classification: dict[str, float] | None) -> bytes:
-    """One row per logged step; the classification metrics (if any) on the last row."""
-    extra = sorted(classification or {})
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(COLUMNS + extra)
-    for i, row in enumerate(metrics):
-        values = [row.get(SOURCES.get(c, c)) for c in COLUMNS]
-        if extra:
-            values += [classification[k] if i == len(metrics) - 1 else None for k in extra]
-        writer.writerow(["" if v is None else v for v in values])
-    return out.getvalue().encode()
+# The legacy results columns: (column, key in the training loop's metric rows); written by
+# worker/results_file.py.
+COLUMNS = [("step", "step"), ("elapsed_tokens", "elapsed_tokens"), ("elapsed_examples", "elapsed_examples"),
+           ("training_loss", "train_loss"), ("training_sequence_accuracy", "train_mean_sequence_accuracy"),
+           ("training_token_accuracy", "train_mean_token_accuracy"), ("validation_loss", "valid_loss"),
+           ("validation_sequence_accuracy", "valid_mean_sequence_accuracy"),
+           ("validation_token_accuracy", "valid_mean_token_accuracy")]
 
 
 def binary_metrics(truth: list[bool], scores: list[float], betas: list[float]) -> dict[str, float]:

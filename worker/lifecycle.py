@@ -2,10 +2,11 @@
 
 - Init: import the training stack, so every forked pool process starts with it loaded.
 - Ready: start the reaper (worker/reaper.py) in a process of its own; it exits with the worker.
-- Warm shutdown (SIGTERM, as `docker stop` and Kubernetes send it): pass SIGTERM to the pool
-  child running a job; the job saves a checkpoint before its next optimizer step and goes back
-  to the queue (worker/tasks.py), and the warm shutdown waits for that, then the next worker
-  continues the job from the checkpoint.
+- Warm shutdown (SIGTERM, as `docker stop` and Kubernetes send it): stop the reaper, and pass
+  SIGTERM to the pool child running a job; the job saves a checkpoint before its next optimizer
+  step and goes back to the queue (worker/run_job.py), and the warm shutdown waits for that. The
+  reaper of another worker (or of the next one to start) sends it again, and that worker continues
+  the job from the checkpoint.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ def start_reaper(**_: object) -> None:
 @worker_process_init.connect
 def ignore_sigterm_in_pool_process(**_: object) -> None:
     """A pool process finishes what it runs (an evaluation, say) on warm shutdown; a training job
-    installs its own SIGTERM handler (worker/tasks.py) that checkpoints and hands the job back."""
+    installs its own SIGTERM handler (worker/run_job.py) that checkpoints and hands the job back."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @worker_shutting_down.connect
 def hand_back_running_jobs(sig: str = "", how: str = "", **_: object) -> None:
+    stop_reaper()  # from now on: it would send a handed-back job to this very worker
     if how != "Warm":
         return
     for child in active_children():
@@ -58,5 +60,10 @@ def hand_back_running_jobs(sig: str = "", how: str = "", **_: object) -> None:
 
 @worker_shutdown.connect
 def stop_reaper(**_: object) -> None:
-    for proc in _reaper:
+    while _reaper:
+        proc = _reaper.pop()
         proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -28,7 +28,7 @@ from app.models import Checkpoint, FineTuningJob
 from app.services import job_state as state
 from app.services.event_bus import configure_publisher
 from app.services.events import add_event
-from app.services.queue import enqueue_training
+from app.services.queue import send_job
 
 log = logging.getLogger("whetstone.reaper")
 
@@ -67,23 +67,10 @@ def resend_waiting(settings: Settings) -> list[str]:
     unsent = or_(and_(FineTuningJob.enqueued_at.is_(None), FineTuningJob.created_at < int(cutoff) - 1),
                  FineTuningJob.enqueued_at < cutoff - settings.requeue_after)
     waiting = [FineTuningJob.status.in_(state.WAITING), FineTuningJob.lease_owner.is_(None), unsent]
-    sent = []
     with session_scope(settings.resolved_database_url) as session:
-        rows = session.execute(select(FineTuningJob.pk, FineTuningJob.id).where(*waiting)
-                               .order_by(FineTuningJob.pk).limit(100)).all()
-    for pk, job_id in rows:
-        with session_scope(settings.resolved_database_url) as session:  # claim the send, so one reaper sends
-            if not session.execute(update(FineTuningJob).where(FineTuningJob.pk == pk, *waiting)
-                                   .values(enqueued_at=time.time())).rowcount:
-                continue
-        try:
-            enqueue_training(settings, job_id)
-            sent.append(job_id)
-        except Exception as exc:  # noqa: BLE001 - broker still down: try again next round
-            log.warning("could not send job %s: %s", job_id, exc)
-            with session_scope(settings.resolved_database_url) as session:
-                session.execute(update(FineTuningJob).where(FineTuningJob.pk == pk).values(enqueued_at=None))
-    return sent
+        job_ids = session.scalars(select(FineTuningJob.id).where(*waiting).order_by(FineTuningJob.pk).limit(100)).all()
+    # `waiting` again in the send: of several reapers, the one whose UPDATE matches sends.
+    return [job_id for job_id in job_ids if send_job(settings, job_id, only_if=waiting)]
 
 
 def reap_once(settings: Settings) -> None:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     ready_timeout: float = 3.0
     # Seconds the API lets in-flight requests finish after SIGTERM before closing them.
     shutdown_grace: float = 10.0
+    # Seconds `whetstone serve` then gives its embedded worker to checkpoint the job it runs and
+    # hand it back to the queue (Celery's warm shutdown), before a cold stop.
+    worker_shutdown_grace: float = 90.0
     # Port of a worker's own Prometheus endpoint (GPU memory of its host); 0: none.
     worker_metrics_port: int = 0
 

@@ -85,7 +85,7 @@ def _completion_logprobs(items: list[TokenLogprob], start: int) -> CompletionLog
 
 
 async def complete(engine: InferenceEngine, target: ModelTarget, request: CompletionRequest) -> Completion | AsyncIterator[str]:
-    scheduler = await engine.ascheduler(target.base_model)
+    scheduler = await engine.ascheduler_for(target)
     tokenizer = scheduler.tokenizer
     prompt = request.prompt
     prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
@@ -157,7 +157,7 @@ def _chat_logprobs(items: list[TokenLogprob]) -> ChatLogprobs:
 async def chat(engine: InferenceEngine, target: ModelTarget, request: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
     if request.top_logprobs is not None and not request.logprobs:
         raise invalid("'logprobs' must be true when 'top_logprobs' is set.", param="top_logprobs")
-    scheduler = await engine.ascheduler(target.base_model)
+    scheduler = await engine.ascheduler_for(target)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
     prompt_ids = engine.chat_prompt_ids(scheduler.tokenizer, messages)
     wanted = request.max_completion_tokens or request.max_tokens or engine.settings.max_tokens_default

@@ -2,6 +2,11 @@
 told "still loading"), with one continuous-batching scheduler that serves the base model and
 its fine-tuned LoRA adapters together (see inference_batch.py).
 
+A base is loaded per (name, quantization): QLoRA adapters — trained on a base loaded in 4-bit
+NF4 or 8-bit by bitsandbytes — are served on a base loaded the same way, next to the
+full-precision one that serves the base model itself and plain LoRA adapters. The quantized
+copy is loaded the first time one of its adapters is asked for.
+
 Requests go in with `generate` (async, for the API) or `generate_sync` (a plain iterator);
 leaving either early — a client that disconnects — cancels the sequences, and the scheduler
 drops them before its next step.
@@ -27,30 +32,35 @@ from app.services.inference_sampling import Delta, SamplingOptions, Sequence
 from app.services.models import ModelTarget
 
 __all__ = ["Delta", "InferenceEngine", "SamplingOptions"]
+_LOAD_LOCK = threading.Lock()
 
 
 class InferenceEngine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._loading: dict[str, concurrent.futures.Future] = {}
+        self._loading: dict[tuple[str, str], concurrent.futures.Future] = {}
 
     # -- base models -------------------------------------------------------------------------
-    def _future(self, name: str) -> concurrent.futures.Future:
+    def _future(self, name: str, quantization: str) -> concurrent.futures.Future:
         with self._lock:
-            future = self._loading.get(name)
+            future = self._loading.get((name, quantization))
             if future is None or (future.done() and future.exception() is not None):
                 future = concurrent.futures.Future()
-                self._loading[name] = future
-                threading.Thread(target=self._load, args=(name, future), daemon=True,
-                                 name=f"whetstone-load-{name}").start()
+                self._loading[(name, quantization)] = future
+                threading.Thread(target=self._load, args=(name, quantization, future), daemon=True,
+                                 name=f"whetstone-load-{name}-{quantization}").start()
             return future
 
-    def _load(self, name: str, future: concurrent.futures.Future) -> None:
+    def _load(self, name: str, quantization: str, future: concurrent.futures.Future) -> None:
         try:
             from worker.training.model_loading import load_base_model
 
-            model, tokenizer = load_base_model(ensure_base_model(self.settings, name), "auto")
+            directory = ensure_base_model(self.settings, name)
+            # One load at a time: from_pretrained builds the model on the meta device through
+            # process-wide patches, and two loads in parallel threads trip over each other's.
+            with _LOAD_LOCK:
+                model, tokenizer = load_base_model(directory, "auto", quantization)
             model.eval()
             s = self.settings
             future.set_result(BatchScheduler(model, tokenizer, max_batch=s.inference_max_batch_size,
@@ -59,37 +69,48 @@ class InferenceEngine:
         except BaseException as exc:  # noqa: BLE001 - reported to every waiting request
             future.set_exception(exc)
 
-    def _loading_error(self, name: str) -> APIError:
+    @staticmethod
+    def _what(name: str, quantization: str) -> str:
+        return f"'{name}'" if quantization == "none" else f"'{name}' ({quantization}, as its adapter was trained)"
+
+    def _loading_error(self, name: str, quantization: str) -> APIError:
         wait = max(1, math.ceil(self.settings.inference_load_wait_seconds) or 5)
-        return APIError(503, f"The model '{name}' is currently loading. Please retry your request in a few "
-                             "seconds.", type="server_error", code="model_loading",
+        return APIError(503, f"The model {self._what(name, quantization)} is currently loading. Please retry your "
+                             "request in a few seconds.", type="server_error", code="model_loading",
                         headers={"Retry-After": str(wait)})
 
-    def _failed(self, name: str, exc: BaseException) -> APIError:
-        return APIError(500, f"The model '{name}' could not be loaded: {exc}", type="server_error",
-                        code="model_load_failed")
+    def _failed(self, name: str, quantization: str, exc: BaseException) -> APIError:
+        return APIError(500, f"The model {self._what(name, quantization)} could not be loaded: {exc}",
+                        type="server_error", code="model_load_failed")
 
-    def scheduler(self, name: str, wait: float | None = None) -> BatchScheduler:
-        """The loaded base model's scheduler; waits up to `wait` seconds, then answers 503."""
-        future = self._future(name)
+    def scheduler(self, name: str, wait: float | None = None, quantization: str = "none") -> BatchScheduler:
+        """The scheduler of base `name` loaded with `quantization`; waits up to `wait` seconds, then 503."""
+        future = self._future(name, quantization)
         try:
             return future.result(timeout=self.settings.inference_load_wait_seconds if wait is None else wait)
         except concurrent.futures.TimeoutError:
-            raise self._loading_error(name) from None
+            raise self._loading_error(name, quantization) from None
         except Exception as exc:
-            raise self._failed(name, exc) from exc
+            raise self._failed(name, quantization, exc) from exc
 
-    async def ascheduler(self, name: str) -> BatchScheduler:
-        future = self._future(name)
+    async def ascheduler(self, name: str, quantization: str = "none") -> BatchScheduler:
+        future = self._future(name, quantization)
         if future.done():
-            return self.scheduler(name, wait=0)
+            return self.scheduler(name, wait=0, quantization=quantization)
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                           self.settings.inference_load_wait_seconds)
         except TimeoutError:
-            raise self._loading_error(name) from None
+            raise self._loading_error(name, quantization) from None
         except Exception as exc:
-            raise self._failed(name, exc) from exc
+            raise self._failed(name, quantization, exc) from exc
+
+    def scheduler_for(self, target: ModelTarget, wait: float | None = None) -> BatchScheduler:
+        """The scheduler that serves `target`: its base, loaded as its adapter was trained."""
+        return self.scheduler(target.base_model, wait, target.quantization)
+
+    async def ascheduler_for(self, target: ModelTarget) -> BatchScheduler:
+        return await self.ascheduler(target.base_model, target.quantization)
 
     def loaded(self) -> list[BatchScheduler]:
         with self._lock:
@@ -134,7 +155,7 @@ class InferenceEngine:
     async def generate(self, target: ModelTarget, jobs: list[tuple[list[int], SamplingOptions]]) -> AsyncIterator[Delta]:
         """Deltas of every job (Delta.index = its position in `jobs`) as they come; closing the
         iterator early cancels whatever is still generating. Raises 429 / 503 before the first."""
-        scheduler = await self.ascheduler(target.base_model)
+        scheduler = await self.ascheduler_for(target)
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[Delta] = asyncio.Queue()
 
@@ -163,7 +184,7 @@ class InferenceEngine:
                 scheduler.wake()
 
     def generate_sync(self, target: ModelTarget, prompt_ids: list[int], options: SamplingOptions) -> Iterator[Delta]:
-        scheduler = self.scheduler(target.base_model)
+        scheduler = self.scheduler_for(target)
         deltas: queue.SimpleQueue[Delta] = queue.SimpleQueue()
         seqs = self._submit(scheduler, target, [(prompt_ids, options)], deltas.put)
         try:

@@ -6,7 +6,8 @@ loaded adapter's A matrices are concatenated once ([slots*r, in]) and its B matr
 likewise ([slots*r, out]); a step computes x @ A_all for all slots, zeroes the slots that are
 not the row's own, and multiplies by B_all — the segmented-gather idea of Punica / S-LoRA
 written with plain torch matmuls. The base forward runs with PEFT's adapters disabled and a
-forward hook on each LoRA Linear adds the per-row delta.
+forward hook on each LoRA Linear adds the per-row delta. The same works on a bitsandbytes 4-bit
+or 8-bit base (QLoRA): its LoRA layers wrap a quantized Linear, and the A/B matrices stay float.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import torch
 
 class StackedLora:
     def __init__(self, peft_model, device: torch.device) -> None:  # noqa: ANN001
-        from peft.tuners.lora.layer import Linear
-
         self.peft = peft_model
         self.device = device
         self.plain = not any(getattr(m, "lora_embedding_A", None) for m in peft_model.modules())
-        self.layers = [m for m in peft_model.modules() if isinstance(m, Linear)]
+        linear = _lora_linear_types()
+        self.layers = [m for m in peft_model.modules() if isinstance(m, linear)]
         self.slots: list[str] = []
         self.stacks: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self.rank = 0
@@ -38,7 +38,10 @@ class StackedLora:
         self.rank = max((layer.r.get(n, 0) for layer in self.layers for n in names), default=0)
         self.stacks = {}
         for layer in self.layers:
-            weight = layer.base_layer.weight
+            if not layer.lora_A:
+                continue
+            # The LoRA weights' dtype: a quantized base's own weight is packed integers.
+            weight = next(iter(layer.lora_A.values())).weight
             a_all = weight.new_zeros(len(names) * self.rank, layer.in_features)
             b_all = weight.new_zeros(len(names) * self.rank, layer.out_features)
             for slot, name in enumerate(names):
@@ -79,3 +82,11 @@ class StackedLora:
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
+
+
+def _lora_linear_types() -> tuple[type, ...]:
+    """PEFT's LoRA Linear and its bitsandbytes variants (present when bitsandbytes is installed)."""
+    from peft.tuners.lora import bnb
+    from peft.tuners.lora.layer import Linear
+
+    return (Linear, *(t for t in (getattr(bnb, "Linear4bit", None), getattr(bnb, "Linear8bitLt", None)) if t))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timezone
 
-from sqlalchemy import func
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.auth import Caller
@@ -133,10 +133,13 @@ def _user_move(session: Session, caller: Caller, job_id: str, new: str, event: s
     """A move the user asked for: one conditional UPDATE (state.transition), an event, or a 400
     (``refusal`` formatted with the job's id and status) when the job is not in a state that allows it."""
     job = get_job(session, caller, job_id)
+    was_waiting = job.status in state.WAITING and job.lease_owner is None
     if not state.transition(session, job.pk, new, **values):
         session.refresh(job)
         raise APIError(400, refusal.format(id=job.id, status=job.status), param="fine_tuning_job_id", code=code)
     add_event(session, job.pk, event)
+    if was_waiting and new not in state.WAITING:
+        announce_queue_positions(session, job.pk)
     session.flush()
     session.refresh(job)
     return job
@@ -166,9 +169,27 @@ def resume_job(session: Session, caller: Caller, job_id: str) -> FineTuningJob:
                       expected=["paused"], enqueued_at=None)
 
 
+def _position_event(session: Session, job_pk: int, position: int) -> None:
+    add_event(session, job_pk, f"Job is at position {position} in the queue", data={"queue_position": position})
+
+
 def queued_event(session: Session, job: FineTuningJob) -> None:
-    position = state.queue_position(session, job.pk)
-    add_event(session, job.pk, f"Job is at position {position} in the queue", data={"queue_position": position})
+    _position_event(session, job.pk, state.queue_position(session, job.pk))
+
+
+ANNOUNCED_BEHIND = 100  # jobs further back hear their position at a later move
+
+
+def announce_queue_positions(session: Session, left_pk: int) -> None:
+    """The waiting job `left_pk` left the queue (it started, or was cancelled or paused): every job
+    waiting behind it moved up one place; each gets an event with its new position."""
+    behind = list(session.scalars(select(FineTuningJob.pk).where(
+        FineTuningJob.status.in_(state.WAITING), FineTuningJob.pk > left_pk, FineTuningJob.lease_owner.is_(None))
+        .order_by(FineTuningJob.pk).limit(ANNOUNCED_BEHIND)))
+    if behind:
+        first = state.queue_position(session, behind[0])
+        for offset, pk in enumerate(behind):
+            _position_event(session, pk, first + offset)
 
 
 def adapter_of(session: Session, caller: Caller, job: FineTuningJob) -> str | None:

@@ -21,11 +21,13 @@ from app.services.storage import storage_for
 
 @dataclass(frozen=True)
 class ModelTarget:
-    """What the inference engine needs: the base model's name and, for a fine-tune, its adapter."""
+    """What the inference engine needs: the base model's name and, for a fine-tune, its adapter
+    and how the base was loaded when the adapter was trained ("nf4"/"int8": QLoRA)."""
 
     model_id: str
     base_model: str
     adapter_path: Path | None
+    quantization: str = "none"
 
 
 def model_not_found(model_id: str) -> APIError:
@@ -40,12 +42,14 @@ def resolve_model(session: Session, settings: Settings, caller: Caller, model_id
         return ModelTarget(model_id, model_id, None)
     row = session.scalar(scoped(FineTunedModel, caller).where(FineTunedModel.id == model_id))
     if row is not None:
-        return ModelTarget(model_id, row.base_model, _adapter_dir(settings, model_id, row.adapter_path))
+        return ModelTarget(model_id, row.base_model, _adapter_dir(settings, model_id, row.adapter_path),
+                           row.quantization)
     found = session.execute(scoped(Checkpoint, caller, Checkpoint, FineTuningJob)
                             .where(Checkpoint.model_id == model_id)).first()
     if found is not None:
         checkpoint, job = found
-        return ModelTarget(model_id, job.model, _adapter_dir(settings, model_id, checkpoint.adapter_path))
+        return ModelTarget(model_id, job.model, _adapter_dir(settings, model_id, checkpoint.adapter_path),
+                           checkpoint.quantization)
     raise model_not_found(model_id)
 
 

@@ -43,18 +43,34 @@ def register_fine_tune(settings: Settings, project: str, adapter_seed: int, base
     return model_id, adapter
 
 
-def reference_completion(base_dir: Path, adapter: Path | None, prompt: str, max_tokens: int) -> str:
-    """What a user gets from plain transformers + PEFT `generate`, greedy, with this adapter alone."""
+def reference_model(base_dir: Path, adapter: Path | None, quantization: str = "none"):
+    """Plain transformers + PEFT, as a user would load it: the base (in 4-bit / 8-bit for a QLoRA
+    adapter, as bitsandbytes loads it for training) with this adapter alone."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    from worker.training.model_loading import load_base_model
+
+    model, tokenizer = load_base_model(base_dir, "cpu", quantization)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
-    model.eval()
+    return model.eval(), tokenizer
+
+
+def reference_completion(base_dir: Path, adapter: Path | None, prompt: str, max_tokens: int,
+                         quantization: str = "none") -> str:
+    """What a user gets from `generate`, greedy, with this adapter alone."""
+    model, tokenizer = reference_model(base_dir, adapter, quantization)
     ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                              do_sample=False, pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def reference_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:  # noqa: ANN001
+    """The log-probability `model` gives each completion token after the prompt and the ones before it."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    start = len(prompt_ids) - 1
+    return [float(logp[start + i, token]) for i, token in enumerate(completion_ids)]

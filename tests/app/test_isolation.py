@@ -242,6 +242,8 @@ UNSCOPED_ALLOWED = {
     ("app/services/event_stream.py", "_poll"): "by pk of a job the route loaded through scope.owned",
     ("app/services/events.py", "add_event"): "writes an event for a job pk the caller already owns / the worker",
     ("app/services/events.py", "events_since"): "the SSE follower, by pk of a job loaded through scope.owned",
+    ("app/services/jobs.py", "announce_queue_positions"): "the one queue is shared by every project; each "
+                                                          "job behind hears only its own position",
     ("app/services/job_state.py", "transition"): "by pk of a job loaded through scope.owned (or the worker's)",
     ("app/services/job_state.py", "claim"): "worker side: leases by job pk",
     ("app/services/job_state.py", "renew"): "worker side: leases by job pk",

@@ -148,3 +148,62 @@ def test_worker_logs_carry_the_job_id_and_serves_metrics(settings, tmp_path):
     tagged = [r for r in records if r.get("job_id") == job["id"]]
     assert tagged, log.read_text()[-3000:]
     assert any("succeeded" in r["message"] for r in tagged), [r["message"] for r in tagged]
+
+
+def test_sigterm_to_serve_hands_the_embedded_workers_job_back(tmp_path, base_models_dir):
+    """`whetstone serve` with the embedded worker, SIGTERMed mid-job (as `docker stop` does to its
+    main process): the job is checkpointed and goes back to the queue, not left `running` by a
+    cold stop, and a worker then resumes it from that checkpoint. (The next worker's reaper sending
+    it is covered with real worker processes in tests/worker/test_worker_processes.py.)"""
+    from sqlalchemy import select
+
+    from app.core.config import Settings
+    from app.core.db import session_scope
+    from app.models import FineTuningJob
+    from worker.tasks import run_job
+
+    env = {**os.environ, "WHETSTONE_DATA_DIR": str(tmp_path / "data"), "WHETSTONE_BASE_MODELS_DIR": str(base_models_dir)}
+    for name in ("WHETSTONE_DATABASE_URL", "WHETSTONE_BROKER_URL", "WHETSTONE_QUEUE"):
+        env.pop(name, None)
+    key = cli(env, "keys", "create", "--project", "demo")
+    headers = {"Authorization": f"Bearer {key}"}
+    log = tmp_path / "serve.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with process(env, ["serve", "--port", str(port)], log) as proc:
+        wait_healthy(proc, base, log)
+        file_id = httpx.post(f"{base}/v1/files", headers=headers, data={"purpose": "fine-tune"},
+                             files={"file": ("t.jsonl", chat_jsonl(20))}).json()["id"]
+        job_id = httpx.post(f"{base}/v1/fine_tuning/jobs", headers=headers, json={
+            "model": TINY, "training_file": file_id, "hyperparameters": {"n_epochs": 4}}).json()["id"]
+        deadline = time.monotonic() + 240
+        while sum(e["type"] == "metrics" for e in httpx.get(
+                f"{base}/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}, headers=headers).json()["data"]) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # the main process only
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert "Cold shutdown" not in log.read_text() and "SIGKILL" not in log.read_text()
+
+    settings = Settings(data_dir=tmp_path / "data", base_models_dir=base_models_dir)
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        row = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id))
+        assert (row.status, row.lease_owner) == ("queued", None)  # handed back, held by no one
+        assert row.enqueued_at is None  # no message sent by the worker that was leaving: the reapers send it
+    run_job(settings, job_id)
+    with session_scope(url) as session:
+        row = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id))
+        assert row.status == "succeeded", row.error
+        messages = [e.message for e in sorted(row_events(session, row.pk), key=lambda e: e.pk)]
+    handed = messages.index("The worker is shutting down: the job is checkpointed and goes back to the queue")
+    resumed = [m for m in messages[handed:] if m.startswith("Fine-tuning job resumed from the checkpoint at step ")]
+    assert len(resumed) == 1 and messages.count("Fine-tuning job started") == 1
+
+
+def row_events(session, job_pk: int):  # noqa: ANN001
+    from sqlalchemy import select
+
+    from app.models import JobEvent
+
+    return session.scalars(select(JobEvent).where(JobEvent.job_pk == job_pk)).all()

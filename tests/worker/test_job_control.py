@@ -126,6 +126,24 @@ def test_project_limit_keeps_the_second_job_queued_until_a_slot_frees(api, setti
     assert api.get(f"/v1/fine_tuning/jobs/{second}").json()["status"] == "succeeded"
 
 
+def test_queued_jobs_hear_their_new_position_as_jobs_ahead_leave_the_queue(api, settings):
+    first, second, third = (create(api, n=12, epochs=1) for _ in range(3))
+
+    def position(job_id: str) -> int:
+        return [e for e in events(api, job_id) if "queue_position" in (e["data"] or {})][-1]["data"]["queue_position"]
+
+    second_at, third_at = position(second), position(third)
+    assert third_at == second_at + 1
+    run_job(settings, first)  # the job ahead starts (and finishes)
+    assert api.get(f"/v1/fine_tuning/jobs/{first}").json()["status"] == "succeeded"
+    assert (position(second), position(third)) == (second_at - 1, third_at - 1)
+    moved = [e for e in events(api, third) if e["message"] == f"Job is at position {third_at - 1} in the queue"]
+    assert len(moved) == 1
+    assert api.post(f"/v1/fine_tuning/jobs/{second}/cancel").status_code == 200  # so does a cancelled one
+    assert position(third) == third_at - 2
+    assert api.post(f"/v1/fine_tuning/jobs/{third}/cancel").status_code == 200
+
+
 def test_a_stale_worker_cannot_write_to_a_job_it_lost(api, settings):
     job_id = create(api, n=12, epochs=1)
     url = settings.resolved_database_url

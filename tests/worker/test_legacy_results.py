@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from worker.legacy_results import auroc, average_precision, binary_metrics, multiclass_metrics, results_csv
+from worker.legacy_results import COLUMNS, auroc, average_precision, binary_metrics, multiclass_metrics
+from worker.results_file import results_csv
 
 
 def test_binary_metrics_by_hand():
@@ -38,7 +39,7 @@ def test_results_csv_has_the_legacy_columns_and_metrics_on_the_last_row():
             {"step": 2, "elapsed_tokens": 61, "elapsed_examples": 4, "train_loss": 2.0,
              "train_mean_sequence_accuracy": 0.5, "train_mean_token_accuracy": 0.5, "valid_loss": 1.9,
              "valid_mean_sequence_accuracy": 0.5, "valid_mean_token_accuracy": 0.6}]
-    parsed = list(csv.DictReader(io.StringIO(results_csv(rows, {"classification/accuracy": 0.5}).decode())))
+    parsed = list(csv.DictReader(io.StringIO(results_csv(rows, COLUMNS, {"classification/accuracy": 0.5}).decode())))
     assert list(parsed[0]) == ["step", "elapsed_tokens", "elapsed_examples", "training_loss",
                                "training_sequence_accuracy", "training_token_accuracy", "validation_loss",
                                "validation_sequence_accuracy", "validation_token_accuracy", "classification/accuracy"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.core.config import Settings
-from app.services.queue import enqueue_training
+from app.services.queue import send_job
 from tests.conftest import REDIS_URL, TINY
 from tests.data import chat_jsonl
 from tests.e2e.server import free_port, process
@@ -153,7 +153,7 @@ def test_a_job_delivered_twice_and_past_the_visibility_timeout_trains_once(api, 
     short = {"WHETSTONE_BROKER_VISIBILITY_TIMEOUT": "2"}
     with worker(settings, logs[0], **short), worker(settings, logs[1], **short):
         job_id = create(api, n=20, epochs=10)  # runs well past 2 s
-        enqueue_training(settings, job_id)  # the SDK's retry, a duplicate publish: a second message
+        send_job(settings, job_id)  # the SDK's retry, a duplicate publish: a second message
         done = wait_for(lambda: (j := job(api, job_id))["status"] in ("succeeded", "failed") and j,
                         "the job to finish", logs=logs)
         time.sleep(3)  # let any late redelivery arrive

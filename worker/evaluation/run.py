@@ -63,15 +63,16 @@ def _perplexity(model: Any, tokenized: list[tuple[list[int], list[int]]], device
 
 
 def evaluate(base_model_dir: Path, adapter_dir: Path, eval_file: Path, *, max_new_tokens: int | None = None,
-             max_seq_len: int = 1024, device: str = "auto") -> dict:
-    """Metrics of the fine-tuned model and of its base on `eval_file`, plus every example's outputs."""
+             max_seq_len: int = 1024, device: str = "auto", quantization: str = "none") -> dict:
+    """Metrics of the fine-tuned model and of its base on `eval_file`, plus every example's outputs.
+    `quantization`: how the base was loaded when the adapter was trained (a QLoRA adapter's nf4/int8)."""
     from app.core.safe_loading import load_adapter
 
     examples = read_jsonl(eval_file)
     if not examples:
         raise ValueError("the evaluation file has no examples")
     dev = resolve_device(device)
-    base, tokenizer = load_base_model(base_model_dir, dev)
+    base, tokenizer = load_base_model(base_model_dir, dev, quantization)
     model = load_adapter(base, adapter_dir).eval()
     pairs = [split_example(e) for e in examples]
     prompts = [_prompt_ids(tokenizer, p) for p, _ in pairs]
