@@ -30,6 +30,7 @@ from .checkpoints import file_sha256, load_checkpoint, prune_checkpoints, restor
 from .config import TrainingConfig
 from .data import IGNORE_INDEX, pad_id, read_jsonl, tokenize_example
 from .methods import apply_method
+from .preference import dpo_loss, load_pairs, pair_batch, reference_logps, reward_metrics
 from .model_loading import atomic_directory, load_base_model, resolve_device
 
 Example = tuple[list[int], list[int]]
@@ -146,11 +147,17 @@ class _Run:
         model, tokenizer = load_base_model(config.base_model_dir, self.device, config.lora.quantization)
         model.config.use_cache = False
         self.pad = pad_id(tokenizer)
-        self.train_set = _load_examples(config.training_file, tokenizer, config.max_seq_len, "training", callbacks)
+        load = self._load_pairs if self.dpo else _load_examples
+        self.train_set = load(config.training_file, tokenizer, config.max_seq_len, "training", callbacks)
         self.valid_set = None
         if config.validation_file is not None:
-            self.valid_set = _load_examples(config.validation_file, tokenizer, config.max_seq_len, "validation", callbacks)
+            self.valid_set = load(config.validation_file, tokenizer, config.max_seq_len, "validation", callbacks)
         self.model = apply_method(model, config)
+        if self.dpo:  # the reference: the base model, before any step (adapter disabled)
+            self.train_set = self._with_reference(self.train_set)
+            self.valid_set = self._with_reference(self.valid_set) if self.valid_set is not None else None
+            callbacks.on_event(f"Computed the reference model's log-probabilities of {len(self.train_set)} training "
+                               f"pairs (DPO, beta {config.dpo_beta:g})", data={"beta": config.dpo_beta})
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
@@ -182,6 +189,28 @@ class _Run:
             f"{self.steps_per_epoch} steps, batch size {hp.batch_size}, lr {config.learning_rate:g})",
             data={"total_steps": self.total, "trainable_parameters": n_trainable, "learning_rate": config.learning_rate},
         )
+
+    # -- preference pairs (DPO) ----------------------------------------------------------------
+    @property
+    def dpo(self) -> bool:
+        return self.config.method == "dpo"
+
+    @staticmethod
+    def _load_pairs(path: Path, tokenizer: Any, max_len: int, name: str, callbacks: TrainingCallbacks) -> list:
+        return load_pairs(path, tokenizer, max_len, name, callbacks.on_event)
+
+    def _with_reference(self, pairs: list) -> list:
+        bs = self.config.hyperparameters.batch_size
+        refs = reference_logps(self.model, pairs, self.pad, self.device, bs)
+        return [(chosen, rejected, *ref) for (chosen, rejected), ref in zip(pairs, refs)]
+
+    def _pair_loss(self, pairs: list, stats: dict | None) -> tuple[torch.Tensor, int]:
+        """(summed DPO loss of ``pairs``, their tokens)."""
+        batch = pair_batch(pairs, self.pad)
+        reference = torch.tensor([[p[2], p[3]] for p in pairs], dtype=torch.float32, device=self.device)
+        with self._autocast():
+            loss = dpo_loss(self.model, self._to_device(batch), reference, self.config.dpo_beta, stats)
+        return loss, int(batch["n_tokens"])
 
     # -- checkpoints -------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
@@ -219,9 +248,18 @@ class _Run:
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Loss on learned tokens (token-weighted mean) and token accuracy over the validation set."""
+    def evaluate(self) -> tuple[float, float | None]:
+        """Loss on learned tokens (token-weighted mean) and token accuracy over the validation set;
+        DPO: the mean DPO loss per pair (the reward statistics go to ``state["valid_rewards"]``)."""
         self.model.eval()
+        if self.dpo:
+            stats: dict = {}
+            bs = self.config.hyperparameters.batch_size
+            loss_sum = sum(self._pair_loss(self.valid_set[i : i + bs], stats)[0].item()
+                           for i in range(0, len(self.valid_set), bs))
+            self.model.train()
+            self.state["valid_rewards"] = reward_metrics(stats, "valid")
+            return loss_sum / len(self.valid_set), None
         loss_sum, n_tokens, n_correct, sequences = 0.0, 0, 0, {}
         bs = self.config.hyperparameters.batch_size
         for start in range(0, len(self.valid_set), bs):
@@ -275,6 +313,9 @@ class _Run:
         started = time.perf_counter()
         accumulation = min(config.gradient_accumulation_steps, len(examples))
         size = math.ceil(len(examples) / accumulation)
+        if self.dpo:
+            self._dpo_step([examples[i : i + size] for i in range(0, len(examples), size)], len(examples), started)
+            return
         batches = [self._batch(examples[i : i + size], config.prompt_loss_weight) for i in range(0, len(examples), size)]
         denominator = sum(float(b["weights"].sum()) for b in batches)
         loss_sum = 0.0
@@ -287,13 +328,28 @@ class _Run:
             window["correct"] += correct
             window["tokens"] += int(batch["n_tokens"])
             self.state["trained_tokens"] += int(batch["n_tokens"])
+        self._optimizer_step(len(examples), loss_sum, denominator, started)
+
+    def _dpo_step(self, chunks: list[list], n_pairs: int, started: float) -> None:
+        """One optimizer step on preference pairs: the mean DPO loss over the step's pairs."""
+        window, loss_sum = self.state["window"], 0.0
+        for chunk in chunks:
+            loss, n_tokens = self._pair_loss(chunk, window)
+            (loss / n_pairs).backward()
+            loss_sum += loss.item()
+            window["tokens"] += n_tokens
+            self.state["trained_tokens"] += n_tokens
+        self._optimizer_step(n_pairs, loss_sum, float(n_pairs), started)
+
+    def _optimizer_step(self, n_examples: int, loss_sum: float, denominator: float, started: float) -> None:
+        window = self.state["window"]
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         window["learning_rate"] = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state["step"] += 1
-        self.state["elapsed_examples"] = self.state.get("elapsed_examples", 0) + len(examples)
+        self.state["elapsed_examples"] = self.state.get("elapsed_examples", 0) + n_examples
         window["loss_sum"] += loss_sum
         window["weight"] += denominator
         window["seconds"] += time.perf_counter() - started
@@ -343,7 +399,10 @@ def train(config: TrainingConfig, callbacks: TrainingCallbacks) -> TrainingResul
                 stop_early = run.after_evaluation(state["valid_loss"])
             if step % config.log_every == 0 or end_of_epoch or checkpoint_now or evaluate_now or stop_early:
                 valid = (state["valid_loss"], state["valid_acc"]) if evaluate_now else (None, None)
-                state["metrics"].append(_log_step(callbacks, state["window"], step, total, epoch, *valid))
+                rewards = {}  # DPO: reward accuracy and margin, of these steps and of the validation
+                if run.dpo:
+                    rewards = reward_metrics(state["window"], "train") | (state["valid_rewards"] if evaluate_now else {})
+                state["metrics"].append(_log_step(callbacks, state["window"], step, total, epoch, *valid, rewards))
                 state["metrics"][-1].update(  # the legacy results' columns
                     elapsed_tokens=state["trained_tokens"], elapsed_examples=state.get("elapsed_examples", 0),
                     valid_mean_sequence_accuracy=state.get("valid_sequence_accuracy") if evaluate_now else None)
@@ -382,7 +441,8 @@ def _pause_metrics(state: dict) -> dict:
     window = state["window"]
     if window["weight"] > 0:
         return {"step": state["step"], "train_loss": window["loss_sum"] / window["weight"],
-                "train_mean_token_accuracy": window["correct"] / max(1, window["labels"])}
+                "train_mean_token_accuracy": window["correct"] / window["labels"] if window["labels"] else None,
+                **reward_metrics(window, "train")}
     last = dict(state["metrics"][-1]) if state["metrics"] else {}
     return last | {"step": state["step"]}
 
@@ -395,20 +455,25 @@ def _log_step(
     epoch: int,
     valid_loss: float | None,
     valid_acc: float | None,
+    extra: dict | None = None,
 ) -> dict:
-    """Emit a metrics event summarizing the steps in ``window``; return the metrics row."""
+    """Emit a metrics event summarizing the steps in ``window``; return the metrics row. Token accuracies
+    are None where no token was learned (DPO, whose ``extra`` has the reward metrics instead)."""
     train_loss = window["loss_sum"] / window["weight"]
+    tokens = window["labels"] > 0
     row = {
         "step": step,
         "total_steps": total,
         "epoch": epoch,
         "train_loss": train_loss,
-        "train_mean_token_accuracy": window["correct"] / max(1, window["labels"]),
-        "train_mean_sequence_accuracy": window.get("sequences_right", 0) / max(1, window.get("sequences", 0)),
+        "train_mean_token_accuracy": window["correct"] / window["labels"] if tokens else None,
+        "train_mean_sequence_accuracy": window.get("sequences_right", 0) / max(1, window.get("sequences", 0))
+        if tokens else None,
         "valid_loss": valid_loss,
         "valid_mean_token_accuracy": valid_acc,
         "learning_rate": window.get("learning_rate"),
         "tokens_per_second": window["tokens"] / max(window["seconds"], 1e-9),
+        **(extra or {}),
     }
     message = f"Step {step}/{total}: training loss={train_loss:.4f}"
     if valid_loss is not None:
