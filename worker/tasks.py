@@ -9,8 +9,6 @@ checkpoint; pause, and a worker's SIGTERM, checkpoint and hand the job back.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import signal
@@ -33,6 +31,8 @@ from app.services.jobs import fine_tuned_model_name
 from app.services.queue import send_job
 from app.services.storage import storage_for
 from worker import legacy_results
+from worker.results import results_csv
+from worker.tracking import tracked
 from worker import lifecycle  # noqa: F401 - connects the worker's signal handlers
 from worker.celery_app import TRAIN_TASK, app
 
@@ -219,17 +219,7 @@ class JobRun:
         return self._store_results(content)
 
     def _results_csv(self, metrics: list[dict]) -> bytes:
-        columns = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                   "learning_rate", "tokens_per_second"]
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(columns)
-        for row in metrics:
-            values = [row.get("step"), row.get("train_loss"), row.get("train_mean_token_accuracy"),
-                      row.get("valid_loss"), row.get("valid_mean_token_accuracy"), row.get("learning_rate"),
-                      row.get("tokens_per_second")]
-            writer.writerow(["" if v is None else v for v in values])
-        return out.getvalue().encode()
+        return results_csv(metrics, self.job.method_type)
 
     def _store_results(self, content: bytes) -> str:
         file_id = new_id("file")
@@ -333,7 +323,7 @@ def _validate(run: JobRun) -> tuple[Any, dict, Path, Path | None]:
         validation_path, _ = run.data_path(job.validation_file, "validation_file")
     try:
         hyper = resolve_hyperparameters(job.hyperparameters, n_examples)
-        options = training_options(job.hyperparameters)
+        options = training_options(job.hyperparameters, job.method_type)
     except ValueError as exc:
         raise JobFailed("invalid_hyperparameters", str(exc), "hyperparameters") from None
     return hyper, options, training_path, validation_path
@@ -381,7 +371,8 @@ def _run(run: JobRun) -> None:
         output_dir=run.workdir / "adapter", checkpoint_dir=run.workdir / "checkpoints",
         hyperparameters=hyper, seed=job.seed, **options,
     )
-    result = train(config, run)
+    with tracked(settings, job, run) as callbacks:  # wandb / MLflow, when the job or the settings ask
+        result = train(config, callbacks)
     if result.stopped:
         status = run.status(max_age=0)
         if status == "paused":
