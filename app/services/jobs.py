@@ -94,12 +94,17 @@ def _check_method_data(kind: str, training: File) -> None:
                       f"method.type 'dpo'.", param="training_file", code="invalid_training_file")
 
 
+def tracker_installed(name: str) -> bool:
+    """Is the tracker's package (the optional `tracking` extra) importable here?"""
+    return importlib.util.find_spec(name) is not None
+
+
 def _integrations(request: CreateJobRequest) -> list[dict] | None:
     """The integrations as OpenAI echoes them; a tracker that is not installed here is a 400."""
     if not request.integrations:
         return None
     for i, integration in enumerate(request.integrations):
-        if importlib.util.find_spec(integration.type) is None:
+        if not tracker_installed(integration.type):
             raise invalid(f"The {integration.type} integration is not available on this server (install "
                           f"whetstone[tracking]).", param=f"integrations[{i}]", code="integration_not_available")
     return [integration.model_dump() for integration in request.integrations]
