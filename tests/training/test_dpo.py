@@ -95,3 +95,15 @@ def test_preference_format_errors(example, reason):
         example_format(example)
     assert reason in str(info.value)
     assert example_format(pirate_preference_examples(1)[0]) == "preference"
+
+
+def test_prepare_data_checks_measure_a_pair_by_its_longer_side(tokenizer):
+    from worker.dataprep.checks import run_checks
+    from worker.dataprep.readers import Record
+
+    examples = pirate_preference_examples(12)
+    examples[3]["non_preferred_output"][0]["content"] = "word " * 300
+    findings = run_checks([Record(f"line {i + 1}", e) for i, e in enumerate(examples)], tokenizer, max_tokens=200)
+    assert not [f for f in findings if f.severity == "error"]
+    [long] = [f for f in findings if f.check == "too_long"]
+    assert long.where == ["line 4"]
