@@ -55,7 +55,7 @@ def wandb_history(path) -> list[dict]:
 def test_wandb_integration_and_mlflow_receive_every_logged_step(api, settings, tmp_path):
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     settings = settings.model_copy(update={"mlflow_tracking_uri": mlflow_uri, "mlflow_experiment": "tests"})
-    job = create(api, integrations=[WANDB])
+    job = create(api, integrations=[WANDB], hyperparameters={"n_epochs": 1})
     assert job["integrations"] == [WANDB]
     run_job(settings, job["id"])
     done = api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
@@ -79,7 +79,7 @@ def test_wandb_integration_and_mlflow_receive_every_logged_step(api, settings, t
     client = MlflowClient(tracking_uri=mlflow_uri)
     [mlrun] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert mlrun.info.run_name == job["id"] and mlrun.info.status == "FINISHED"
-    assert mlrun.data.params["method"] == "supervised" and mlrun.data.params["n_epochs"] == "2"
+    assert mlrun.data.params["method"] == "supervised" and mlrun.data.params["n_epochs"] == "1"
     losses = client.get_metric_history(mlrun.info.run_id, "train_loss")
     assert {m.step: m.value for m in losses} == pytest.approx(logged)
 
