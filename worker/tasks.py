@@ -371,7 +371,7 @@ def _run(run: JobRun) -> None:
         output_dir=run.workdir / "adapter", checkpoint_dir=run.workdir / "checkpoints",
         hyperparameters=hyper, seed=job.seed, **options,
     )
-    with tracked(settings, job, run) as callbacks:  # wandb / MLflow, when the job or the settings ask
+    with tracked(settings, job, run, resolved=vars(hyper)) as callbacks:  # wandb / MLflow, when the job or the settings ask
         result = train(config, callbacks)
     if result.stopped:
         status = run.status(max_age=0)

@@ -98,18 +98,19 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
-def job_params(job: Any) -> dict:
-    hyper = job.resolved_hyperparameters or job.hyperparameters
+def job_params(job: Any, resolved: dict | None = None) -> dict:
+    """The job's model, method, files, seed and hyper-parameters (``resolved``: "auto" values resolved)."""
+    hyper = {**job.hyperparameters, **(resolved or {})}
     return {"model": job.model, "method": job.method_type, "training_file": job.training_file,
-            "validation_file": job.validation_file, "seed": job.seed, **{k: v for k, v in hyper.items()}}
+            "validation_file": job.validation_file, "seed": job.seed, **hyper}
 
 
 @contextlib.contextmanager
-def tracked(settings: Any, job: Any, callbacks: Any) -> Iterator[Any]:
+def tracked(settings: Any, job: Any, callbacks: Any, resolved: dict | None = None) -> Iterator[Any]:
     """``callbacks`` wrapped to report to the job's trackers; each tracker's run is closed on exit
     (FINISHED, or KILLED when training raised)."""
     trackers: list[Any] = []
-    params = job_params(job)
+    params = job_params(job, resolved)
     wanted = [("wandb", lambda spec=spec: WandbTracker(settings, job, spec, params))
               for spec in (i["wandb"] for i in (job.integrations or []) if i.get("type") == "wandb")]
     if settings.mlflow_tracking_uri:

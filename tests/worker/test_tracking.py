@@ -80,6 +80,7 @@ def test_wandb_integration_and_mlflow_receive_every_logged_step(api, settings, t
     [mlrun] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert mlrun.info.run_name == job["id"] and mlrun.info.status == "FINISHED"
     assert mlrun.data.params["method"] == "supervised" and mlrun.data.params["n_epochs"] == "1"
+    assert mlrun.data.params["batch_size"] == "1"  # "auto", as resolved for this file
     losses = client.get_metric_history(mlrun.info.run_id, "train_loss")
     assert {m.step: m.value for m in losses} == pytest.approx(logged)
 
