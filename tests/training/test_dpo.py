@@ -127,3 +127,21 @@ def test_a_paused_dpo_run_resumes_to_the_same_curve(dpo_run, tmp_path):
     a = load_file(str(straight.adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_method_and_beta_are_validated(tmp_path):
+    from worker.training.config import training_options
+
+    assert training_options({}, "dpo")["dpo_beta"] == 0.1  # "auto"
+    assert training_options({"beta": "auto"}, "dpo")["dpo_beta"] == 0.1
+    assert training_options({"beta": 0.5}, "dpo")["dpo_beta"] == 0.5
+    with pytest.raises(ValueError, match="dpo method only"):
+        training_options({"beta": 0.5}, "supervised")
+    common = dict(base_model_dir=tmp_path, training_file=tmp_path / "t.jsonl", output_dir=tmp_path / "o",
+                  hyperparameters=Hyperparameters(1, 1, 1.0))
+    with pytest.raises(ValueError, match="method must be one of"):
+        TrainingConfig(**common, method="ppo")
+    with pytest.raises(ValueError, match="beta must be"):
+        TrainingConfig(**common, method="dpo", dpo_beta=0)
+    with pytest.raises(ValueError, match="prompt_loss_weight does not apply"):
+        TrainingConfig(**common, method="dpo", prompt_loss_weight=0.5)
