@@ -87,6 +87,9 @@ class FineTuningJob(Base):
     # Set for jobs created through the legacy /v1/fine-tunes API: its options beyond the
     # hyper-parameters (classification metrics); also selects the legacy model name and results.
     legacy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # OpenAI's `method.type` ("supervised" or "dpo"), and the job's `integrations` as the client gave them.
+    method_type: Mapped[str] = mapped_column(String(16), default="supervised", server_default="supervised")
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

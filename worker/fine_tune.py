@@ -20,6 +20,7 @@ from worker import legacy_results
 from worker.dataprep.checks import MIN_EXAMPLES, too_few_message  # shared with prepare-data
 from worker.job_run import JobFailed, JobRun
 from worker.results_file import store_results
+from worker.tracking import tracked
 
 
 def _validate(run: JobRun) -> tuple[Any, dict, Path, Path | None]:
@@ -39,7 +40,7 @@ def _validate(run: JobRun) -> tuple[Any, dict, Path, Path | None]:
         validation_path, _ = run.data_path(job.validation_file, "validation_file")
     try:
         hyper = resolve_hyperparameters(job.hyperparameters, n_examples)
-        options = training_options(job.hyperparameters)
+        options = training_options(job.hyperparameters, job.method_type)
     except ValueError as exc:
         raise JobFailed("invalid_hyperparameters", str(exc), "hyperparameters") from None
     return hyper, options, training_path, validation_path
@@ -89,7 +90,8 @@ def fine_tune(run: JobRun) -> None:
         hyperparameters=hyper, seed=job.seed, **options,
     )
     run.quantization = config.lora.quantization  # its adapters are served on a base loaded the same way
-    result = train(config, run)
+    with tracked(settings, job, run, resolved=vars(hyper)) as callbacks:  # wandb / MLflow, when asked
+        result = train(config, callbacks)
     if result.stopped:
         status = run.status(max_age=0)
         if result.paused and status == "paused":  # checkpointed for the user (a hand-back is `queued`, told already)
@@ -127,6 +129,9 @@ def report_best_checkpoint(run: JobRun, metrics: list[dict], early_stopped: bool
     if overall is not None:
         where += (f"; the fine-tuned model itself has the weights of step {overall['step']}, restored by early "
                   "stopping")
-    run.event(f"Best checkpoint by validation loss: step {best['step']} (validation loss {best['valid_loss']:.4f}, "
-              f"perplexity {best['valid_perplexity']:.4g}){where}",
+    if run.job.method_type == "dpo":  # a preference loss: its exp is no perplexity
+        best.pop("valid_perplexity", None)
+    perplexity = f", perplexity {best['valid_perplexity']:.4g}" if "valid_perplexity" in best else ""
+    run.event(f"Best checkpoint by validation loss: step {best['step']} (validation loss {best['valid_loss']:.4f}"
+              f"{perplexity}){where}",
               data={**best, "fine_tuned_model_checkpoint": model, "early_stopped": early_stopped})

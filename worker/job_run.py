@@ -119,7 +119,8 @@ class JobRun:
 
     # --- TrainingCallbacks -------------------------------------------------------------------
     def on_event(self, message: str, *, type: str = "message", level: str = "info", data: dict | None = None) -> None:
-        if data and data.get("valid_loss") is not None:  # issue 9: perplexity beside each validation loss
+        # issue 9: perplexity beside each validation loss (a language-model loss; not DPO's preference loss)
+        if data and data.get("valid_loss") is not None and self.job.method_type != "dpo":
             data = {**data, "valid_perplexity": math.exp(data["valid_loss"])}
         values = {}
         if type == "metrics" and data and data.get("step") and data.get("total_steps"):

@@ -1,6 +1,11 @@
 """A job's results file (`result_files`): one CSV row per logged step, stored as a File of
-purpose `fine-tune-results`. Jobs get OpenAI's step-metrics columns; legacy fine-tunes their
-own (worker/legacy_results.py), with the classification metrics they asked for on the last row."""
+purpose `fine-tune-results`. Jobs get OpenAI's step-metrics columns first (step, train_loss,
+train_accuracy, valid_loss, valid_mean_token_accuracy), then learning_rate and tokens_per_second.
+DPO jobs learn no token, so their accuracy columns hold the reward accuracy (the share of pairs
+whose preferred reply gets the higher reward) and four columns follow: train_reward_margin,
+valid_reward_margin (mean chosen minus rejected reward), train_chosen_reward,
+train_rejected_reward. Legacy fine-tunes get their own columns (worker/legacy_results.py), with
+the classification metrics they asked for on the last row."""
 
 from __future__ import annotations
 
@@ -21,6 +26,17 @@ if TYPE_CHECKING:
 STEP_METRICS = [("step", "step"), ("train_loss", "train_loss"), ("train_accuracy", "train_mean_token_accuracy"),
                 ("valid_loss", "valid_loss"), ("valid_mean_token_accuracy", "valid_mean_token_accuracy"),
                 ("learning_rate", "learning_rate"), ("tokens_per_second", "tokens_per_second")]
+DPO_METRICS = ([(name, {"train_accuracy": "train_reward_accuracy",
+                        "valid_mean_token_accuracy": "valid_reward_accuracy"}.get(name, key))
+                for name, key in STEP_METRICS]
+               + [(name, name) for name in ("train_reward_margin", "valid_reward_margin", "train_chosen_reward",
+                                            "train_rejected_reward")])
+
+
+def columns_for(job) -> list[tuple[str, str]]:  # noqa: ANN001 - a FineTuningJob row
+    if job.legacy is not None:
+        return legacy_results.COLUMNS
+    return DPO_METRICS if job.method_type == "dpo" else STEP_METRICS
 
 
 def results_csv(metrics: list[dict], columns: list[tuple[str, str]], last_row: dict[str, float] | None = None) -> bytes:
@@ -38,8 +54,7 @@ def results_csv(metrics: list[dict], columns: list[tuple[str, str]], last_row: d
 
 def store_results(run: JobRun, metrics: list[dict], classification: dict | None = None) -> str:
     """Write the job's results file; returns its file id."""
-    legacy = run.job.legacy is not None
-    content = results_csv(metrics, legacy_results.COLUMNS if legacy else STEP_METRICS, classification)
+    content = results_csv(metrics, columns_for(run.job), classification)
     file_id = new_id("file")
     key = f"{run.job.project.id}/{file_id}.csv"
     with run.storage.writer(key) as w:

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     max_running_jobs_per_project: int = 4
     # Optimizer steps between resumable checkpoints (besides one per epoch); 0: epoch ends only.
     checkpoint_every: int = 0
+    # --- Experiment trackers (issue 13; the optional `tracking` extra) ---
+    # wandb runs of jobs with a wandb integration: "offline" (files under the job's folder, no
+    # network; `wandb sync` later) or "online" (needs WANDB_API_KEY).
+    wandb_mode: Literal["offline", "online"] = "offline"
+    # MLflow: every job logs its parameters and per-step metrics here when set
+    # (file:///path, sqlite:///path.db, http://host:5000); empty: off.
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "whetstone"
     # Redis broker: seconds before an unacknowledged message is handed to another worker.
     broker_visibility_timeout: float = 3600.0
     # Seconds to wait for the broker when the API sends a job id.

@@ -49,13 +49,41 @@ class Hyperparameters(BaseModel):
     full_finetune_layers: Annotated[list[Annotated[int, Field(ge=0, le=1000)]], Field(min_length=1)] | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    # OpenAI's DPO beta: "auto" is 0.1 (worker/training/config.py)
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+
+
 class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
-    type: Literal["supervised"] = "supervised"
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised", "dpo"] = "supervised"
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+
+class WandbSettings(BaseModel):
+    """OpenAI's `integrations[].wandb`: the run's project, and optionally its name, entity and tags."""
+    model_config = ConfigDict(extra="forbid")
+    project: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[str, Field(max_length=128)] | None = None
+    entity: Annotated[str, Field(max_length=128)] | None = None
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=50)] | None = None
+
+
+class Integration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["wandb"]
+    wandb: WandbSettings
 
 
 class CreateJobRequest(BaseModel):
@@ -68,7 +96,7 @@ class CreateJobRequest(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     metadata: Metadata | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: Annotated[list[Integration], Field(max_length=5)] | None = None
 
 
 class JobError(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from datetime import datetime, timezone
 
@@ -13,13 +14,14 @@ from app.core.config import Settings
 from app.core.errors import APIError, invalid, not_found
 from app.core.ids import new_id, now
 from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
-from app.protocol.fine_tuning import CreateJobRequest, Hyperparameters, JobCheckpoint, JobError
+from app.protocol.fine_tuning import CreateJobRequest, DpoHyperparameters, Hyperparameters, JobCheckpoint, JobError
 from app.protocol.fine_tuning import FineTuningJob as FineTuningJobWire
 from app.services.base_models import find_base_model, refuse_unsafe
 from app.services.files import get_file
 from app.services import job_state as state
 from app.services.events import add_event
 from app.services.scope import owned, scoped
+from worker.training.config import DEFAULT_DPO_BETA
 
 TERMINAL = state.TERMINAL
 
@@ -43,7 +45,8 @@ def to_wire(job: FineTuningJob) -> FineTuningJobWire:
         model=job.model, organization_id=job.project.id, result_files=list(job.result_files or []),
         status=job.status, estimated_finish=job.estimated_finish, trained_tokens=job.trained_tokens, training_file=job.training_file,
         validation_file=job.validation_file, seed=job.seed,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyper}}, metadata=job.job_metadata,
+        method={"type": job.method_type, job.method_type: {"hyperparameters": hyper}}, metadata=job.job_metadata,
+        integrations=job.integrations,
     )
 
 
@@ -60,11 +63,52 @@ def _training_data(session: Session, caller: Caller, file_id: str, param: str) -
 
 
 def _requested_hyperparameters(request: CreateJobRequest) -> Hyperparameters:
-    method_hp = request.method.supervised.hyperparameters if request.method and request.method.supervised else None
+    method = request.method
+    kind = method.type if method else "supervised"
+    other = "dpo" if kind == "supervised" else "supervised"
+    if method and getattr(method, other) is not None:
+        raise invalid(f"method.{other} was given but method.type is '{kind}'.", param=f"method.{other}")
+    block = getattr(method, kind) if method else None
+    method_hp = block.hyperparameters if block else None
     if request.hyperparameters and method_hp:
-        raise invalid("Give hyperparameters either at the top level or in method.supervised, not both.",
+        raise invalid(f"Give hyperparameters either at the top level or in method.{kind}, not both.",
                       param="hyperparameters")
+    if kind == "dpo":
+        requested = method_hp or DpoHyperparameters(**(request.hyperparameters or Hyperparameters()).model_dump())
+        if requested.prompt_loss_weight:
+            raise invalid("prompt_loss_weight does not apply to the dpo method: only the replies are compared.",
+                          param="method.dpo.hyperparameters.prompt_loss_weight")
+        if requested.beta == "auto":  # does not depend on the data: resolved now
+            requested = requested.model_copy(update={"beta": DEFAULT_DPO_BETA})
+        return requested
     return method_hp or request.hyperparameters or Hyperparameters()
+
+
+def _check_method_data(kind: str, training: File) -> None:
+    """DPO trains on preference pairs, the supervised method on chat or prompt/completion examples."""
+    if kind == "dpo" and training.data_format != "preference":
+        raise invalid(f"invalid training_file: method 'dpo' needs a file in the preference format (input, "
+                      f"preferred_output, non_preferred_output); '{training.id}' is in {training.data_format} format.",
+                      param="training_file", code="invalid_training_file")
+    if kind != "dpo" and training.data_format == "preference":
+        raise invalid(f"invalid training_file: '{training.id}' is in the preference format, which trains with "
+                      f"method.type 'dpo'.", param="training_file", code="invalid_training_file")
+
+
+def tracker_installed(name: str) -> bool:
+    """Is the tracker's package (the optional `tracking` extra) importable here?"""
+    return importlib.util.find_spec(name) is not None
+
+
+def _integrations(request: CreateJobRequest) -> list[dict] | None:
+    """The integrations as OpenAI echoes them; a tracker that is not installed here is a 400."""
+    if not request.integrations:
+        return None
+    for i, integration in enumerate(request.integrations):
+        if not tracker_installed(integration.type):
+            raise invalid(f"The {integration.type} integration is not available on this server (install "
+                          f"whetstone[tracking]).", param=f"integrations[{i}]", code="integration_not_available")
+    return [integration.model_dump() for integration in request.integrations]
 
 
 def create_job(session: Session, settings: Settings, caller: Caller, request: CreateJobRequest) -> FineTuningJob:
@@ -73,9 +117,10 @@ def create_job(session: Session, settings: Settings, caller: Caller, request: Cr
         raise invalid(f"Model '{request.model}' is not available for fine-tuning or does not exist.",
                       param="model", code="model_not_available")
     refuse_unsafe(base)
-    if request.integrations:
-        raise invalid("Integrations are not supported by this server.", param="integrations")
+    integrations = _integrations(request)
+    kind = request.method.type if request.method else "supervised"
     training = _training_data(session, caller, request.training_file, "training_file")
+    _check_method_data(kind, training)
     if request.validation_file:
         validation = _training_data(session, caller, request.validation_file, "validation_file")
         if validation.data_format != training.data_format:
@@ -91,7 +136,7 @@ def create_job(session: Session, settings: Settings, caller: Caller, request: Cr
         validation_file=request.validation_file, suffix=request.suffix or None,
         seed=request.seed if request.seed is not None else random.randrange(2**31),
         hyperparameters=hyperparameters, status="validating_files",
-        result_files=[], job_metadata=request.metadata,
+        result_files=[], job_metadata=request.metadata, method_type=kind, integrations=integrations,
     )
     session.add(job)
     session.flush()

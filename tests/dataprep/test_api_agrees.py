@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
-from tests.data import chat_jsonl, completion_jsonl
+from tests.data import chat_jsonl, completion_jsonl, preference_jsonl
 
 PREFIX = "Invalid file format for fine-tuning: "
 
@@ -18,6 +18,8 @@ REJECTED = {
     "mixed-formats": chat_jsonl(2) + completion_jsonl(1),
     "latin1": completion_jsonl(11) + b'{"prompt": "caf\xe9", "completion": "x"}\n',
     "empty": b"\n\n",
+    "preference-one-sided": preference_jsonl(11) + b'{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
+                            b'"preferred_output": [{"role": "assistant", "content": "a"}]}\n',
 }
 
 
@@ -39,7 +41,8 @@ def test_a_file_the_api_rejects_the_cli_calls_invalid_for_the_same_reason(api, t
     assert f"[error] {message.removeprefix(PREFIX)}" in result.output, result.output
 
 
-@pytest.mark.parametrize("content", [chat_jsonl(12), completion_jsonl(12), chat_jsonl(3)], ids=["chat", "completion", "small"])
+@pytest.mark.parametrize("content", [chat_jsonl(12), completion_jsonl(12), chat_jsonl(3), preference_jsonl(12)],
+                         ids=["chat", "completion", "small", "preference"])
 def test_a_file_the_api_accepts_the_cli_finds_no_error_in(api, tmp_path, content):
     assert api.upload(content).status_code == 200
     result, out = cli(tmp_path, content)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import worker.training.loop as loop
-from worker.training import Hyperparameters, LoraSettings, NullCallbacks, train
+import worker.training.run as run_module
+from worker.training import Hyperparameters, LoraSettings, train
 from worker.training.config import training_options
 
 from .test_loop import Recorder, make_config
@@ -55,13 +55,13 @@ def test_weight_decay_changes_the_adapter(tiny_model_dir, tmp_path):
 
 def test_gradient_accumulation_splits_each_step_with_the_same_result(tiny_model_dir, tmp_path, monkeypatch):
     calls = []
-    real = loop.batch_loss
+    real = run_module.batch_loss
 
     def counting(model, batch, stats=None):
         calls.append(int(batch["n_tokens"]))
         return real(model, batch, stats)
 
-    monkeypatch.setattr(loop, "batch_loss", counting)
+    monkeypatch.setattr(run_module, "batch_loss", counting)
     _, _, whole = run(tmp_path, tiny_model_dir, "whole", lora=LoraSettings(dropout=0.0))
     whole_calls, calls[:] = len(calls), []
     _, _, split = run(tmp_path, tiny_model_dir, "split", lora=LoraSettings(dropout=0.0), gradient_accumulation_steps=2)

@@ -74,3 +74,14 @@ def prompt_messages(question: str) -> list[dict]:
 def write_jsonl(path: Path, examples: list[dict]) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
     return path
+
+
+def pirate_preference_examples(n: int, seed: int = 0) -> list[dict]:
+    """``n`` pairs in OpenAI's DPO format: the reply opening with PHRASE is preferred to the plain one."""
+    pairs = random.Random(seed).sample(_QA, n)
+    return [
+        {"input": {"messages": prompt_messages(q)},
+         "preferred_output": [{"role": "assistant", "content": f"{PHRASE} {a}"}],
+         "non_preferred_output": [{"role": "assistant", "content": a}]}
+        for q, a in pairs
+    ]

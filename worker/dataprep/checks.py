@@ -128,6 +128,9 @@ def _empty_fields(example: Any) -> list[str]:
     if isinstance(example.get("messages"), list):
         return [f"messages[{i}].content" for i, m in enumerate(example["messages"])
                 if isinstance(m, dict) and isinstance(m.get("content"), str) and not m["content"].strip()]
+    if isinstance(example.get("input"), dict) and isinstance(example["input"].get("messages"), list):
+        return [f"input.messages[{i}].content" for i, m in enumerate(example["input"]["messages"])
+                if isinstance(m, dict) and isinstance(m.get("content"), str) and not m["content"].strip()]
     return [k for k in ("prompt",) if isinstance(example.get(k), str) and not example[k].strip()]
 
 
@@ -145,12 +148,18 @@ def check_empty_fields(records: list[Record]) -> list[Finding]:
 def check_too_long(records: list[Record], tokenizer: Any, max_tokens: int) -> list[Finding]:
     """Examples longer than `max_tokens` tokens of the base model (training truncates them)."""
     from worker.training.data import tokenize_example
+    from worker.training.preference import tokenize_pair
 
     long, longest = [], 0
     for i, record in enumerate(records):
-        if _fmt(record) is None:
+        fmt = _fmt(record)
+        if fmt is None:
             continue
-        n = len(tokenize_example(tokenizer, record.example, 1 << 30).input_ids)
+        if fmt == "preference":  # the longer of the two sides (conversation + reply)
+            chosen, rejected, _, _ = tokenize_pair(tokenizer, record.example, 1 << 30)
+            n = max(len(chosen[0]), len(rejected[0]))
+        else:
+            n = len(tokenize_example(tokenizer, record.example, 1 << 30).input_ids)
         longest = max(longest, n)
         if n > max_tokens:
             long.append(i)

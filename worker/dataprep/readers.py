@@ -113,6 +113,8 @@ def _object_example(obj: Any, columns: Columns) -> Any:
     """Objects already in the upload format pass through untouched; others are mapped by column."""
     if not isinstance(obj, dict) or "messages" in obj or "prompt" in obj or "completion" in obj:
         return obj
+    if "preferred_output" in obj or "non_preferred_output" in obj:  # the preference (DPO) format
+        return obj
     header = list(obj)
     try:
         mapped = _map_columns(header, columns)

@@ -1,4 +1,5 @@
-"""LoRA fine-tuning with PEFT: configuration, data, model files and the training loop.
+"""LoRA fine-tuning with PEFT (supervised, or DPO on preference pairs): configuration, data, model
+files and the training loop.
 
 No database or Celery here; ``worker.tasks`` drives ``train`` through ``TrainingCallbacks``.
 """

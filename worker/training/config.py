@@ -9,6 +9,7 @@ hyper-parameter            ``auto`` value
 n_epochs                   3; but when ``3 * n < 100``: ``min(25, ceil(100/n))``
 batch_size                 ``max(1, min(256, round(0.002 * n)))``
 learning_rate_multiplier   1.0 (times ``TrainingConfig.base_learning_rate``)
+beta (DPO jobs only)       0.1 (OpenAI's and TRL's default)
 =========================  ===================================================
 
 The n_epochs rule is OpenAI's published one: small files get more passes so a
@@ -30,6 +31,8 @@ from typing import Any
 # 0.99 at 5e-4 and 0.999+ at 1e-3 and 2e-3; with the auto 4 epochs 2e-3 overfits
 # (answers degrade) while 1e-3 stays fluent. 1e-3 leaves a margin without that.
 DEFAULT_BASE_LEARNING_RATE = 1e-3
+DEFAULT_DPO_BETA = 0.1
+METHODS = ("supervised", "dpo")
 
 HYPERPARAMETER_NAMES = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
@@ -90,7 +93,7 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> Hyperparameters
     """Turn API hyper-parameters (numbers, ``"auto"`` or missing) into concrete values."""
     if n_examples < 1:
         raise ValueError(f"n_examples must be at least 1, got {n_examples}")
-    unknown = set(requested) - set(HYPERPARAMETER_NAMES) - set(EXTRA_KNOBS) - set(LORA_KNOBS)
+    unknown = set(requested) - set(HYPERPARAMETER_NAMES) - set(EXTRA_KNOBS) - set(LORA_KNOBS) - {"beta"}
     if unknown:
         raise ValueError(f"unknown hyper-parameter(s): {', '.join(sorted(unknown))}")
 
@@ -110,12 +113,19 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> Hyperparameters
     )
 
 
-def training_options(requested: dict) -> dict:
-    """``TrainingConfig`` keyword arguments (``lora`` included) for the extra knobs given in the
-    job's hyper-parameters; knobs not given keep the defaults of ``TrainingConfig``/``LoraSettings``."""
+def training_options(requested: dict, method: str = "supervised") -> dict:
+    """``TrainingConfig`` keyword arguments (``lora`` and ``method`` included) for the extra knobs given in
+    the job's hyper-parameters; knobs not given keep the defaults of ``TrainingConfig``/``LoraSettings``.
+    ``beta`` (``"auto"``: ``DEFAULT_DPO_BETA``) belongs to DPO jobs only."""
     options = {EXTRA_KNOBS[k]: v for k, v in requested.items() if k in EXTRA_KNOBS and v is not None}
     lora = {LORA_KNOBS[k]: v for k, v in requested.items() if k in LORA_KNOBS and v is not None}
     options["lora"] = LoraSettings(**lora)
+    options["method"] = method
+    beta = requested.get("beta")
+    if beta is not None and method != "dpo":
+        raise ValueError("beta is a hyper-parameter of the dpo method only")
+    if method == "dpo":
+        options["dpo_beta"] = DEFAULT_DPO_BETA if _is_auto(beta) else beta
     return options
 
 
@@ -198,6 +208,8 @@ class TrainingConfig:
     early_stopping_patience: int | None = None  # validations without improvement before stopping
     batching: str = "packed"  # packed: padding-free rows with per-example position ids; padded: one per row
     gradient_checkpointing: bool = False
+    method: str = "supervised"  # supervised (chat / prompt-completion data) | dpo (preference pairs, preference.py)
+    dpo_beta: float = DEFAULT_DPO_BETA  # DPO: strength of the pull towards the reference (base) model
 
     def __post_init__(self) -> None:
         for name in ("base_model_dir", "training_file", "output_dir", "validation_file", "checkpoint_dir", "resume_from"):
@@ -224,6 +236,12 @@ class TrainingConfig:
             raise ValueError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
         if self.batching not in BATCHING:
             raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if isinstance(self.dpo_beta, bool) or not isinstance(self.dpo_beta, (int, float)) or not 0 < self.dpo_beta <= 2:
+            raise ValueError(f"beta must be a number > 0 and <= 2, got {self.dpo_beta!r}")
+        if self.method == "dpo" and self.prompt_loss_weight:
+            raise ValueError("prompt_loss_weight does not apply to the dpo method (only the replies are compared)")
         if self.early_stopping_patience is not None and self.validation_file is None:
             raise ValueError("early_stopping_patience needs a validation_file")
 

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .validation import example_format
+
+if TYPE_CHECKING:
+    from .callbacks import TrainingCallbacks
 
 IGNORE_INDEX = -100
 
@@ -123,3 +126,34 @@ def _split_turn(tokenizer: Any, turn: str, content: Any) -> tuple[str, str, str]
 def pad_id(tokenizer: Any) -> int:
     """Padding id: the tokenizer's pad token, else its EOS."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def load_examples(path: Path, tokenizer: Any, max_len: int, name: str,
+                  callbacks: TrainingCallbacks) -> list[tuple[list[int], list[int]]]:
+    """Tokenize a JSONL file. Over-long rule: keep the first ``max_len`` tokens; an example left
+    with nothing to learn is skipped. Both counts, and how many answers were cut, are reported."""
+    examples, truncated, cut_answers, empty = [], 0, 0, 0
+    for index, raw in enumerate(read_jsonl(path)):
+        try:
+            ids, labels, dropped, cut = tokenize_example(tokenizer, raw, max_len)
+        except ValueError as e:
+            raise ValueError(f"{name} example {index + 1}: {e}") from None
+        truncated += dropped > 0
+        cut_answers += cut
+        if all(label == IGNORE_INDEX for label in labels[1:]):  # the first token is never predicted
+            empty += 1
+            continue
+        examples.append((ids, labels))
+    if truncated:
+        message = (f"{truncated} {name} example(s) were longer than {max_len} tokens and were truncated to their "
+                   f"first {max_len} tokens ({cut_answers} cut inside a learned answer)")
+        callbacks.on_event(message, level="warn", data={"truncated_examples": truncated, "max_seq_len": max_len,
+                                                         "cut_answers": cut_answers})
+    if empty:
+        message = f"{empty} {name} example(s) have no tokens to learn (all assistant turns weight 0, or cut off) and were skipped"
+        callbacks.on_event(message, level="warn", data={"skipped_examples": empty})
+    if not examples:
+        raise ValueError(f"the {name} file has no usable examples")
+    n_tokens = sum(len(ids) for ids, _ in examples)
+    callbacks.on_event(f"Tokenized {len(examples)} {name} examples ({n_tokens} tokens)")
+    return examples

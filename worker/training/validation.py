@@ -1,9 +1,11 @@
 """The rules a training example must follow, shared by the API's upload check and the worker.
 
-Two formats, as OpenAI documents them:
+Three formats, as OpenAI documents them:
   chat:       {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
               (an assistant message may carry "weight": 0 or 1)
   completion: {"prompt": "...", "completion": "..."}   (the legacy format)
+  preference: {"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content": "..."}],
+               "non_preferred_output": [{"role": "assistant", "content": "..."}]}   (DPO jobs)
 A file holds one format throughout.
 """
 
@@ -35,12 +37,18 @@ class DataSummary:
     n_examples: int
 
 
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+
+
 def example_format(obj: object) -> str:
-    """Return "chat" or "completion" for a valid example, or raise ValueError with the reason."""
+    """Return "chat", "completion" or "preference" for a valid example, or raise ValueError with the reason."""
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     if "messages" in obj and ("prompt" in obj or "completion" in obj):
         raise ValueError("an example is either chat ('messages') or completion ('prompt', 'completion'), not both")
+    if any(key in obj for key in PREFERENCE_KEYS):
+        _check_preference(obj)
+        return "preference"
     if "messages" in obj:
         _check_messages(obj["messages"])
         return "chat"
@@ -51,7 +59,50 @@ def example_format(obj: object) -> str:
         if not obj["completion"].strip():
             raise ValueError("'completion' is empty")
         return "completion"
-    raise ValueError("expected a 'messages' list (chat format) or 'prompt' and 'completion' strings")
+    raise ValueError("expected a 'messages' list (chat format), 'prompt' and 'completion' strings, or 'input', "
+                     "'preferred_output' and 'non_preferred_output' (preference format, for DPO)")
+
+
+def _check_preference(obj: dict) -> None:
+    """OpenAI's DPO format: a conversation so far, then one preferred and one non-preferred assistant reply."""
+    for key in PREFERENCE_KEYS:
+        if key not in obj:
+            raise ValueError(f"preference format: '{key}' is missing")
+    if not isinstance(obj["input"], dict) or "messages" not in obj["input"]:
+        raise ValueError("preference format: 'input' must be an object with a 'messages' list")
+    messages = obj["input"]["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("preference format: 'input.messages' must be a non-empty list")
+    for i, message in enumerate(messages):
+        _check_message(message, f"input.messages[{i}]")
+        if "weight" in message:
+            raise ValueError(f"input.messages[{i}].weight is not allowed in the preference format")
+    if messages[-1].get("role") == "assistant":
+        raise ValueError("preference format: 'input.messages' must not end with an assistant message (the "
+                         "outputs are the assistant's reply)")
+    for key in ("preferred_output", "non_preferred_output"):
+        output = obj[key]
+        if not isinstance(output, list) or len(output) != 1:
+            raise ValueError(f"preference format: '{key}' must be a list of exactly one assistant message")
+        _check_message(output[0], f"{key}[0]")
+        if output[0]["role"] != "assistant":
+            raise ValueError(f"{key}[0].role must be 'assistant', got {output[0]['role']!r}")
+        if "weight" in output[0]:
+            raise ValueError(f"{key}[0].weight is not allowed in the preference format")
+        if not output[0]["content"].strip():
+            raise ValueError(f"{key}[0].content is empty")
+    if obj["preferred_output"][0]["content"] == obj["non_preferred_output"][0]["content"]:
+        raise ValueError("preference format: the preferred and non-preferred outputs are identical")
+
+
+def _check_message(message: object, where: str) -> None:
+    if not isinstance(message, dict):
+        raise ValueError(f"{where} must be an object")
+    role = message.get("role")
+    if role not in ROLES:
+        raise ValueError(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}")
+    if not isinstance(message.get("content"), str):
+        raise ValueError(f"{where}.content must be a string")
 
 
 def _check_messages(messages: object) -> None:
@@ -60,13 +111,8 @@ def _check_messages(messages: object) -> None:
     has_assistant = False
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise ValueError(f"{where} must be an object")
-        role = message.get("role")
-        if role not in ROLES:
-            raise ValueError(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}")
-        if not isinstance(message.get("content"), str):
-            raise ValueError(f"{where}.content must be a string")
+        _check_message(message, where)
+        role = message["role"]
         if "weight" in message:
             if role != "assistant":
                 raise ValueError(f"{where}.weight is only allowed on assistant messages")
