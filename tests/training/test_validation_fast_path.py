@@ -43,6 +43,8 @@ TRICKY = [
     b'{"prompt": "p", "completion": "c",}', b'{"prompt": "p", "completion": "c", "n": NaN}',
     b'{"prompt": "p", "completion": "c", "n": 1e999}', b'{"prompt": "p", "completion": "c", "n": 01}',
     b'[1, 2]', b'"text"', b'null', b'{"prompt": "p", "completion"',
+    b'{"messages": [{"role": "assistant", "content": "a"}], "input": {"messages": []}}',
+    b'{"prompt": "p", "completion": "c", "preferred_output": []}',
 ]
 
 

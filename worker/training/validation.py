@@ -174,7 +174,7 @@ class LineValidator:
         except ValueError as exc:
             raise InvalidExample(number, str(exc)) from None
         if self.format is None:
-            self.format, self._fast = this, _FAST[this]
+            self.format, self._fast = this, _FAST.get(this)  # preference pairs: the reference path only
         elif this != self.format:
             raise InvalidExample(number, f"{this} format, but the file started in {self.format} format")
         return True
@@ -201,12 +201,21 @@ class _Message(msgspec.Struct, gc=False):
 
 class _Chat(msgspec.Struct, gc=False):
     messages: Annotated[list[_Message], msgspec.Meta(min_length=1)]
+    # A key of another format makes the line something the reference path words (mixed, or preference).
+    prompt: UnsetType = UNSET
+    completion: UnsetType = UNSET
+    input: UnsetType = UNSET
+    preferred_output: UnsetType = UNSET
+    non_preferred_output: UnsetType = UNSET
 
 
 class _Completion(msgspec.Struct, gc=False):
     prompt: str
     completion: str
-    messages: UnsetType = UNSET  # a line with "messages" is a chat example: the reference path says so
+    messages: UnsetType = UNSET  # a line with "messages" is mixed: the reference path says so
+    input: UnsetType = UNSET  # and a preference key makes it a preference example
+    preferred_output: UnsetType = UNSET
+    non_preferred_output: UnsetType = UNSET
 
 
 _decode_chat = msgspec.json.Decoder(_Chat).decode
