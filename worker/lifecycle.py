@@ -26,11 +26,14 @@ _reaper: list[subprocess.Popen] = []
 
 @worker_init.connect
 def preload_training(**_: object) -> None:
-    """Import the training stack (torch, transformers, peft) once, in the parent: each job runs in a
-    freshly forked pool process (max_tasks_per_child=1), which then starts with it loaded instead of
-    spending seconds importing it before the job's first event (bench/dispatch.py). Importing torch
-    starts no thread and touches no GPU, so forking after it is safe."""
-    import worker.training  # noqa: F401
+    """Import torch and transformers once, in the parent: each job runs in a freshly forked pool
+    process (max_tasks_per_child=1), which then starts with them loaded instead of spending seconds
+    importing them before the job's first event (bench/dispatch.py). Importing these two starts no
+    thread and touches no GPU, so forking after it is safe. Not peft: it imports bitsandbytes, which
+    initialises CUDA on a GPU host, and a forked child could then never use CUDA
+    (tests/worker/test_preload.py)."""
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401 - resolves the lazy modules
 
 
 @worker_ready.connect
