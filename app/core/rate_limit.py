@@ -30,8 +30,9 @@ WINDOW = 60
 
 
 def key_identity(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """sha256 hex of the bearer secret, or None when the request carries no key."""
-    value = dict(headers).get(b"authorization", b"").decode("latin-1")
+    """sha256 hex of the bearer secret, or None when the request carries no key. The FIRST
+    Authorization header, the one authentication reads: a second one cannot pick another count."""
+    value = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
     scheme, _, secret = value.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         return None

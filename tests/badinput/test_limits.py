@@ -38,6 +38,10 @@ def test_requests_beyond_the_per_minute_limit_get_429_with_openai_headers(own_se
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         assert refused.headers["x-ratelimit-remaining-requests"] == "0"
         assert refused.headers["x-request-id"]
+        # A second Authorization header cannot pick a fresh count: the key that authenticates is counted.
+        doubled = client.get("/v1/files", headers=[("authorization", api.headers["Authorization"]),
+                                                   ("authorization", "Bearer sk-whet-made-up-fresh-count")])
+        assert doubled.status_code == 429, doubled.text
         # Another key has its own budget.
         assert other.get("/v1/files").status_code == 200
 
