@@ -146,12 +146,13 @@ def create_job(session: Session, settings: Settings, caller: Caller, request: Cr
 
 def _check_queued_quota(session: Session, settings: Settings, caller: Caller) -> None:
     """429 when the project already has max_queued_jobs_per_project jobs waiting to run
-    (max_running_jobs_per_project bounds the running ones; the rest wait in `queued`)."""
+    (max_running_jobs_per_project bounds the running ones; the rest wait in `queued`). Paused jobs
+    count too: each comes back to the queue on resume, so pausing frees no place."""
     limit = settings.max_queued_jobs_per_project
     if limit <= 0:
         return
     waiting = session.scalar(scoped(FineTuningJob, caller, func.count())
-                             .where(FineTuningJob.status.in_(state.WAITING)))
+                             .where(FineTuningJob.status.in_(state.WAITING + ("paused",))))
     if waiting >= limit:
         raise APIError(429, f"This project already has {waiting} fine-tuning jobs waiting to run (the limit is "
                        f"{limit}); wait for some to start or cancel them.", type="rate_limit_error",

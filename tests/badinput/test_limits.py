@@ -75,12 +75,16 @@ def test_waiting_jobs_beyond_the_per_project_limit_get_429(isolated_settings):
         api = api_for(client, s)
         training = api.upload(jsonl(CHAT, CHAT)).json()["id"]
         body = {"model": TINY, "training_file": training}
-        assert api.post("/v1/fine_tuning/jobs", json=body).status_code == 200  # no worker: it waits
+        first = api.post("/v1/fine_tuning/jobs", json=body)
+        assert first.status_code == 200  # no worker: it waits
         before = snapshot(s)
         refused = api.post("/v1/fine_tuning/jobs", json=body)
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "too_many_queued_jobs"
         assert snapshot(s) == before
+        # Pausing frees no place: a paused job comes back to the queue on resume.
+        assert api.post(f"/v1/fine_tuning/jobs/{first.json()['id']}/pause").json()["status"] == "paused"
+        assert api.post("/v1/fine_tuning/jobs", json=body).status_code == 429
 
 
 @pytest.mark.parametrize(("limits", "content", "code"), [
