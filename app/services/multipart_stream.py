@@ -56,6 +56,10 @@ class _Parts:
         self.queued: list[bytes] = []
         self.queued_bytes = 0
         self.parts = 0
+        self.ended = False  # the closing boundary came: a body cut short never sets it
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_begin(self) -> None:
         self.parts += 1
@@ -132,7 +136,8 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: s
     parser = MultipartParser(options[b"boundary"], {
         "on_part_begin": parts.on_part_begin, "on_part_data": parts.on_part_data, "on_part_end": parts.on_part_end,
         "on_header_field": parts.on_header_field, "on_header_value": parts.on_header_value,
-        "on_header_end": parts.on_header_end, "on_headers_finished": parts.on_headers_finished})
+        "on_header_end": parts.on_header_end, "on_headers_finished": parts.on_headers_finished,
+        "on_end": parts.on_end})
     in_flight: asyncio.Future | None = None
 
     async def settle() -> None:
@@ -165,6 +170,8 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: s
         if parts.queued_bytes and form.error is None:
             hand_on()
             await settle()
+        if not parts.ended and form.error is None:  # the client stopped mid-form: not the whole file
+            form.error = _bad_body("it ended before the form's closing boundary.")
     finally:
         if in_flight is not None:  # a bad body or a client gone: the thread finishes its block first
             await asyncio.shield(asyncio.wait([in_flight]))

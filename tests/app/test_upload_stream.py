@@ -98,3 +98,16 @@ def test_purpose_after_the_file_is_still_checked(api, settings):
 def test_missing_file_names_the_field(api):
     response = api.post("/v1/files", data={"purpose": "fine-tune"}, files={"other": ("a.jsonl", b"x")})
     assert response.status_code == 400 and response.json()["error"]["param"] == "file"
+
+
+def test_a_body_cut_short_stores_nothing(api, settings):
+    """A client that stops mid-file (no closing boundary) has not sent the whole file, even when
+    what came ends on a line boundary and validates: 400, nothing stored."""
+    whole = body([("purpose", None, b"fine-tune"), ("file", "a.jsonl", chat_jsonl(20))])
+    cut = whole[: whole.index(b"\r\n--" + BOUNDARY + b"--")]  # the file's lines, without the closing boundary
+    assert cut.endswith(b"\n")
+    response = api.client.post("/v1/files", content=cut,
+                               headers={**api.headers, "content-type": f"multipart/form-data; boundary={BOUNDARY.decode()}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_body"
+    assert stored_files(settings) == [] and api.get("/v1/files").json()["data"] == []
