@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from app.core.errors import public_reason
+
 log = logging.getLogger("whetstone.worker")
 
 
@@ -44,7 +46,7 @@ class TrackedCallbacks:
                 tracker.log(numbers, int(data["step"]))
             except Exception as exc:  # noqa: BLE001 - a tracker never fails the job
                 self.trackers.remove(tracker)
-                self.inner.on_event(f"{tracker.name} logging failed and is off for this run: {exc}"[:500], level="warn")
+                self.inner.on_event(f"{tracker.name} logging failed and is off for this run: {public_reason(exc)}"[:500], level="warn")
 
 
 class WandbTracker:
@@ -120,7 +122,7 @@ def tracked(settings: Any, job: Any, callbacks: Any, resolved: dict | None = Non
             trackers.append(start())
         except Exception as exc:  # noqa: BLE001 - not installed, unreachable: train without it
             log.warning("job %s: %s tracking is off: %s", job.id, name, exc)
-            callbacks.on_event(f"{name} tracking is off for this run: {type(exc).__name__}: {exc}"[:500], level="warn")
+            callbacks.on_event(f"{name} tracking is off for this run: {public_reason(exc)}"[:500], level="warn")
     status = "FINISHED"
     try:
         yield TrackedCallbacks(callbacks, trackers) if trackers else callbacks

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from app.core import metrics
 from app.core.config import Settings
-from app.core.errors import APIError
+from app.core.errors import APIError, public_reason
 from app.services.base_models import ensure_base_model
 from app.services.inference_batch import BatchScheduler, QueueFull
 from app.services.inference_sampling import Delta, SamplingOptions, Sequence
@@ -80,7 +80,7 @@ class InferenceEngine:
                         headers={"Retry-After": str(wait)})
 
     def _failed(self, name: str, quantization: str, exc: BaseException) -> APIError:
-        return APIError(500, f"The model {self._what(name, quantization)} could not be loaded: {exc}",
+        return APIError(500, f"The model {self._what(name, quantization)} could not be loaded: {public_reason(exc)}",
                         type="server_error", code="model_load_failed")
 
     def scheduler(self, name: str, wait: float | None = None, quantization: str = "none") -> BatchScheduler:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from app.core.errors import public_reason
 from app.core.safe_loading import check_adapter_dir, load_adapter
 from app.services.inference_sampling import Sequence
 
@@ -100,7 +101,7 @@ class BatchScheduler:
             except Exception as exc:  # fail what is in flight, keep serving
                 log.exception("inference step failed")
                 for seq in self.active:
-                    seq.fail(f"The server had an error while generating: {exc}")
+                    seq.fail(f"The server had an error while generating: {public_reason(exc)}")
                 self.active, self.cache, self.mask = [], None, None
         for seq in [*self.active, *self.waiting]:
             if not seq.done:
@@ -153,7 +154,8 @@ class BatchScheduler:
                 name = self._adapter_name(seq.adapter)
             except Exception as exc:  # unreadable adapter files
                 self._unqueue(seq)
-                seq.fail(f"The fine-tuned model's adapter could not be loaded: {exc}")
+                log.exception("adapter %s could not be loaded", seq.adapter)
+                seq.fail(f"The fine-tuned model's adapter could not be loaded: {public_reason(exc)}")
                 continue
             if name is None:
                 continue  # every adapter slot is in use; it waits
@@ -162,7 +164,7 @@ class BatchScheduler:
                 self._prefill(seq, name)
             except Exception as exc:
                 log.exception("prefill failed")
-                seq.fail(f"The server had an error while generating: {exc}")
+                seq.fail(f"The server had an error while generating: {public_reason(exc)}")
 
     def _unqueue(self, seq: Sequence) -> None:
         with self._cv:
