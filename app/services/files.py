@@ -43,9 +43,11 @@ class UploadLimits:
 
     @classmethod
     def for_project(cls, session: Session, settings: Settings, caller: Caller, *,
-                    max_bytes: int | None = None) -> "UploadLimits":
+                    max_bytes: int | None = None, retry: bool = False) -> "UploadLimits":
+        """`retry`: the upload repeats one already stored under its Idempotency-Key; it stores
+        nothing new (it answers with that file), so the storage quota does not apply."""
         quota, quota_left = settings.max_storage_bytes_per_project, None
-        if quota > 0:
+        if quota > 0 and not retry:
             quota_left = quota - project_storage_bytes(session, caller.project_pk)
             if quota_left <= 0:
                 raise quota_exceeded(quota)
@@ -221,15 +223,6 @@ def delete_file(session: Session, storage: Storage, caller: Caller, file_id: str
     except Exception:  # noqa: BLE001 - the file is gone for the client; the bytes are logged as orphaned
         logging.getLogger("whetstone.files").exception("file %s deleted; its bytes %s could not be removed",
                                                        file_id, key)
-
-
-def discard_new_file(session: Session, storage: Storage, caller: Caller, row: File) -> None:
-    """Take back a file this request has just committed (row, then bytes), after a failed later step."""
-    file_id, key = row.id, row.storage_key
-    session.rollback()
-    session.delete(owned(session, File, caller, file_id, kind="file"))
-    session.commit()
-    storage.delete(key)
 
 
 def open_content(session: Session, storage: Storage, caller: Caller, file_id: str) -> tuple[File, BinaryIO]:

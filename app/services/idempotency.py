@@ -44,6 +44,12 @@ def lookup(session: Session, caller: Caller, scope: str, key: str, request_hash:
     return row.object_id
 
 
+def known(session: Session, caller: Caller, scope: str, key: str) -> bool:
+    """Was this key used before (with any body)?"""
+    return session.scalar(scoped(IdempotencyKey, caller, IdempotencyKey.pk)
+                          .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)) is not None
+
+
 def remember(session: Session, caller: Caller, scope: str, key: str, request_hash: str, object_id: str) -> None:
     session.add(IdempotencyKey(project_pk=caller.project_pk, scope=scope, key=key, request_hash=request_hash,
                                object_id=object_id))

@@ -61,8 +61,16 @@ def test_storage_quota_per_project_refuses_the_upload_and_stores_nothing(own_set
     content = jsonl(CHAT, CHAT)
     with app_client(own_settings, max_storage_bytes_per_project=len(content) + 10) as (client, s):
         api, other = api_for(client, s), api_for(client, s)
-        assert api.upload(content).status_code == 200
+        retry = {"Idempotency-Key": "upload-1"}
+        stored = client.post("/v1/files", files={"file": ("train.jsonl", content)}, data={"purpose": "fine-tune"},
+                          headers={**api.headers, **retry})
+        assert stored.status_code == 200, stored.text
         before = snapshot(s)
+        # The SDK's retry of that upload stores nothing new: it gets the stored file, quota or not.
+        again = client.post("/v1/files", files={"file": ("train.jsonl", content)}, data={"purpose": "fine-tune"},
+                         headers={**api.headers, **retry})
+        assert (again.status_code, again.json().get("id")) == (200, stored.json()["id"]), again.text
+        assert snapshot(s) == before
         refused = api.upload(content)
         assert refused.status_code == 413, refused.text
         assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == ("storage_quota_exceeded", "file")

@@ -41,7 +41,7 @@ async def upload_file(
     """Multipart `file` and `purpose`. The file is checked and stored while it arrives, a block at a
     time in a worker thread: never spooled to a temporary file, never whole in memory."""
     key = idempotency.check_key(idempotency_key)
-    limits = await run_in_threadpool(_limits, settings, caller)  # 413 at once for a project over its quota
+    limits = await run_in_threadpool(_limits, settings, caller, key)  # 413 at once for a project over its quota
     file_id, storage_key = service.new_file(caller)
     writer = storage.writer(storage_key)
     await run_in_threadpool(writer.__enter__)
@@ -68,9 +68,10 @@ async def upload_file(
         await run_in_threadpool(writer.__exit__, None, None, None)
 
 
-def _limits(settings: Settings, caller: Caller) -> service.UploadLimits:
+def _limits(settings: Settings, caller: Caller, key: str | None) -> service.UploadLimits:
     with session_scope(settings.resolved_database_url) as session:
-        return service.UploadLimits.for_project(session, settings, caller)
+        retry = bool(key) and idempotency.known(session, caller, "file", key)
+        return service.UploadLimits.for_project(session, settings, caller, retry=retry)
 
 
 def _store_upload(settings: Settings, storage: Storage, caller: Caller, sink: service.FileSink, file_id: str,
@@ -83,14 +84,18 @@ def _store_upload(settings: Settings, storage: Storage, caller: Caller, sink: se
             if existing:
                 return service.to_wire(service.get_file(session, caller, existing))
         row = service.file_row(caller, file_id, storage_key, filename, purpose, sink.writer.bytes, summary)
-        service.commit_with_file(session, storage, sink.writer, storage_key, row)
-        if key:
-            try:
-                idempotency.remember(session, caller, "file", key, body_hash, row.id)
-            except IntegrityError:  # a concurrent retry with this key stored its file first: answer with that one
-                service.discard_new_file(session, storage, caller, row)  # and take ours back, row and bytes
-                return service.to_wire(service.get_file(session, caller,
-                                                        idempotency.lookup(session, caller, "file", key, body_hash)))
+        try:
+            if key:  # the key's row commits with the file's: neither exists without the other
+                idempotency.remember(session, caller, "file", key, body_hash, file_id)
+            service.commit_with_file(session, storage, sink.writer, storage_key, row)
+        except IntegrityError:
+            if not key:
+                raise
+            session.rollback()  # a concurrent retry with this key stored its file first: answer with that one
+            existing = idempotency.lookup(session, caller, "file", key, body_hash)
+            if existing is None:
+                raise
+            return service.to_wire(service.get_file(session, caller, existing))
         return service.to_wire(row)
 
 
