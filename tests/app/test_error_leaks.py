@@ -92,3 +92,29 @@ def test_public_reason_hides_paths_and_sql():
     sql = ProgrammingError("SELECT secret FROM api_keys WHERE key_hash = %s", {}, Exception("boom"))
     assert public_reason(sql) == "ProgrammingError: a database error occurred"
     assert public_reason(ValueError("learning rate must be positive")) == "ValueError: learning rate must be positive"
+
+
+def test_an_adapter_that_fails_to_load_says_so_without_server_paths(api, settings):
+    """A fine-tuned model whose stored adapter breaks while loading (here its config is a directory,
+    so the error names the file's path): the client hears that it failed, never where it lives."""
+    from sqlalchemy import select
+
+    from app.core.db import session_scope
+    from app.models import FineTunedModel, FineTuningJob
+    from tests.conftest import TINY
+    from tests.data import chat_jsonl
+
+    file_id = api.upload(chat_jsonl()).json()["id"]
+    job_id = api.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id}).json()["id"]
+    adapter = settings.resolved_data_dir / "jobs" / "broken-adapter"
+    (adapter / "adapter_config.json").mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    model_id = f"ft:{TINY}:broken:{job_id[-8:]}"
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.scalar(select(FineTuningJob).where(FineTuningJob.id == job_id))
+        session.add(FineTunedModel(id=model_id, project_pk=job.project_pk, job_pk=job.pk, base_model=TINY,
+                                   adapter_path=str(adapter)))
+    response = api.post("/v1/completions", json={"model": model_id, "prompt": "hi", "max_tokens": 2})
+    assert response.status_code >= 400, response.text
+    assert "could not be loaded" in response.json()["error"]["message"]
+    assert str(settings.resolved_data_dir) not in response.text and "broken-adapter" not in response.text
