@@ -102,7 +102,9 @@ def env_for(data_dir: Path, database_url: str, models: Path, queue: str, **extra
     env = {**os.environ, "PYTHONPATH": str(REPO), "WHETSTONE_DATA_DIR": str(data_dir),
            "WHETSTONE_DATABASE_URL": database_url, "WHETSTONE_BROKER_URL": REDIS, "WHETSTONE_QUEUE": queue,
            "WHETSTONE_BASE_MODELS_DIR": str(models), "WHETSTONE_LOG_LEVEL": "WARNING",
-           "WHETSTONE_WEBHOOK_SENDER": "false"}
+           "WHETSTONE_WEBHOOK_SENDER": "false",
+           # One key drives each bench; the per-key caps (issue 16) are not what is measured.
+           "WHETSTONE_MAX_STREAMS_PER_KEY": "0", "WHETSTONE_RATE_LIMIT_REQUESTS_PER_MINUTE": "0"}
     env.update({f"WHETSTONE_{k.upper()}": v for k, v in extra.items()})
     return env
 

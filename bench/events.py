@@ -120,7 +120,9 @@ def run(mode: str, args: argparse.Namespace, base_models_dir: Path) -> list[floa
             key = new_key(settings)
             env = {**os.environ, "WHETSTONE_DATA_DIR": tmp, "WHETSTONE_DATABASE_URL": url, "WHETSTONE_BROKER_URL": REDIS,
                    "WHETSTONE_QUEUE": settings.queue, "WHETSTONE_EVENTS_REDIS_URL": redis_events,
-                   "WHETSTONE_BASE_MODELS_DIR": str(base_models_dir)}
+                   "WHETSTONE_BASE_MODELS_DIR": str(base_models_dir),
+                   # Every follower uses one key here; the per-key caps (issue 16) are not what is measured.
+                   "WHETSTONE_MAX_STREAMS_PER_KEY": "0", "WHETSTONE_RATE_LIMIT_REQUESTS_PER_MINUTE": "0"}
             with server(env, Path(tmp) / "api.log", "--no-worker") as base:
                 data = "\n".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
                                                           {"role": "assistant", "content": f"a{i}"}]})

@@ -11,6 +11,7 @@ import os
 import time
 
 import httpx
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
@@ -19,6 +20,19 @@ from tests.conftest import TINY
 from tests.data import chat_jsonl
 from tests.e2e.browser import chromium, screenshots_dir
 from tests.e2e.server import cli, server
+
+
+def click_if_there(page, by: str, value: str) -> bool:
+    """Click the element if it is on the page; False (try again) if it is not, or if the page
+    re-rendered it between finding and clicking (the job page live-updates)."""
+    try:
+        found = page.find_elements(by, value)
+        if found:
+            found[0].click()
+            return True
+    except StaleElementReferenceException:
+        pass
+    return False
 
 # Drop a file on the drop zone as a user's drag-and-drop would (a DataTransfer carrying a File).
 DROP = """
@@ -177,7 +191,7 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
 
         # Playground: the base model and the fine-tune answer the same prompt, both streamed.
         page.get(f"{root}/#/jobs/{job_id}")
-        wait.until(lambda p: p.find_elements(By.ID, "try-model")).pop().click()
+        wait.until(lambda p: click_if_there(p, By.ID, "try-model"))
         tuned = wait.until(lambda p: p.find_elements(By.CSS_SELECTOR, "#tuned-model option:checked"))[0]
         assert tuned.get_attribute("value").startswith(f"ft:{TINY}:dash:dash:")
         Select(page.find_element(By.ID, "base-model")).select_by_value(TINY)

@@ -29,7 +29,8 @@ LEASE = "2"
 def settings(tmp_path: Path, base_models_dir: Path, fresh_postgres_url: str) -> Settings:
     """A database and a queue of this test's own: its workers' reapers see only its jobs."""
     s = Settings(data_dir=tmp_path / "data", database_url=fresh_postgres_url, broker_url=REDIS_URL,
-                 queue=f"whetstone-proc-{uuid.uuid4().hex[:8]}", base_models_dir=base_models_dir)
+                 queue=f"whetstone-proc-{uuid.uuid4().hex[:8]}", base_models_dir=base_models_dir,
+                 rate_limit_requests_per_minute=0)  # the polling loops here are not rate-limit tests
     s.ensure_dirs()
     return s
 
@@ -39,7 +40,7 @@ def embedded(tmp_path: Path, base_models_dir: Path) -> Settings:
     """The embedded default: SQLite and the SQL broker in the data folder."""
     from app.cli import migrate_database
 
-    s = Settings(data_dir=tmp_path / "embedded", base_models_dir=base_models_dir)
+    s = Settings(data_dir=tmp_path / "embedded", base_models_dir=base_models_dir, rate_limit_requests_per_minute=0)
     s.ensure_dirs()
     migrate_database(s)
     return s
