@@ -17,7 +17,6 @@ Goal: p99 < 20 ms for both.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import string

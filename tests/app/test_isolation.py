@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
