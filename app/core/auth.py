@@ -22,7 +22,6 @@ from app.models import ApiKey, Project
 
 KEY_PREFIX = "sk-whet-"
 ADMIN_KEY_PREFIX = "sk-whet-admin-"
-ROLES = ("project", "admin")
 
 
 def hash_key(secret: str) -> str:

@@ -33,9 +33,7 @@ def part_to_wire(part: UploadPart, upload: Upload) -> UploadPartObject:
 
 
 def create_upload(session: Session, settings: Settings, caller: Caller, request: CreateUploadRequest) -> Upload:
-    if request.purpose not in file_service.PURPOSES:
-        raise invalid(f"'{request.purpose}' is not a supported purpose. Supported purposes: "
-                      f"{sorted(file_service.PURPOSES)}.", param="purpose", code="invalid_purpose")
+    file_service.check_purpose(request.purpose)
     if request.bytes > settings.max_upload_total_bytes:
         raise invalid(f"An upload may hold at most {settings.max_upload_total_bytes} bytes.", param="bytes",
                       code="upload_too_large")
