@@ -97,7 +97,9 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
     with server(env, tmp_path / "serve.log") as base, chromium() as page:
         root = base.removesuffix("/v1")
         assert httpx.get(f"{root}/ui/vendor/uplot/uPlot.iife.min.js").status_code == 200  # served, no CDN
-        wait = WebDriverWait(page, 30, poll_frequency=0.1)
+        # The pages re-render as they update (a refused key redraws the key form): a wait that finds
+        # an element the page has just replaced looks again rather than failing.
+        wait = WebDriverWait(page, 30, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
         page.get(root + "/")
 
         # A wrong key is refused with the API's message; the right one, once, is kept in sessionStorage.
@@ -208,7 +210,7 @@ def test_dashboard_upload_train_watch_and_compare(tmp_path, base_models_dir):
         long_job = httpx.post(f"{base}/fine_tuning/jobs", headers={"Authorization": f"Bearer {key}"},
                               json={"model": TINY, "training_file": train_id, "hyperparameters": {"n_epochs": 20}}).json()
         page.get(f"{root}/#/jobs/{long_job['id']}")
-        slow = WebDriverWait(page, 90, poll_frequency=0.2)
+        slow = WebDriverWait(page, 90, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
         for button, statuses in (("pause-job", {"paused"}), ("resume-job", {"queued", "running"}),
                                  ("cancel-job", {"cancelled"})):
             slow.until(lambda p, button=button: p.execute_script(PRESS, button))
