@@ -65,11 +65,13 @@ def queue_depth(settings: Settings) -> int:
         finally:
             client.close()
     if url.startswith("sqla+"):
-        from sqlalchemy import text
+        from sqlalchemy import inspect, text
 
         from app.core.db import engine_for
 
         with engine_for(url.removeprefix("sqla+")).connect() as conn:
+            if not inspect(conn).has_table("kombu_message"):  # kombu makes its tables with the first message
+                return 0
             return int(conn.execute(text(
                 "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
                 "WHERE q.name = :q AND m.visible"), {"q": settings.queue}).scalar() or 0)
