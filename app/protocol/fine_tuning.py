@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Auto = Literal["auto"]
 METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
@@ -40,13 +40,24 @@ class Hyperparameters(BaseModel):
     eval_interval: Annotated[int, Field(ge=1)] | None = None
     early_stopping_patience: Annotated[int, Field(ge=1, le=100)] | None = None
     prompt_loss_weight: Annotated[float, Field(ge=0, le=1)] | None = None
+    gradient_checkpointing: bool | None = None
     lora_r: Annotated[int, Field(ge=1, le=256)] | None = None
     lora_alpha: Annotated[int, Field(ge=1, le=1024)] | None = None
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     use_dora: bool | None = None
     train_top_k_layers: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # after train_top_k_layers, which _one_layer_choice reads
+    freeze_first_n_layers: Annotated[int, Field(ge=1, le=1000)] | None = None
     quantization: Literal["none", "nf4", "int8"] | None = None
     full_finetune_layers: Annotated[list[Annotated[int, Field(ge=0, le=1000)]], Field(min_length=1)] | None = None
+
+    @field_validator("freeze_first_n_layers")
+    @classmethod
+    def _one_layer_choice(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """A 400 naming freeze_first_n_layers when train_top_k_layers (validated before it) is given too."""
+        if value is not None and info.data.get("train_top_k_layers") is not None:
+            raise ValueError("freeze_first_n_layers and train_top_k_layers both choose the adapted layers: give one")
+        return value
 
 
 class DpoHyperparameters(Hyperparameters):

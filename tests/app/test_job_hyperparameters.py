@@ -11,7 +11,8 @@ from tests.data import chat_jsonl
 
 EXTRAS = {"weight_decay": 0.01, "warmup_ratio": 0.2, "lr_scheduler": "cosine", "gradient_accumulation_steps": 2,
           "max_seq_len": 512, "eval_interval": 10, "prompt_loss_weight": 0.1, "lora_r": 8, "lora_alpha": 16,
-          "lora_dropout": 0.1, "use_dora": True, "train_top_k_layers": 1, "quantization": "nf4"}
+          "lora_dropout": 0.1, "use_dora": True, "train_top_k_layers": 1, "quantization": "nf4",
+          "gradient_checkpointing": True}
 
 
 @pytest.fixture
@@ -44,6 +45,9 @@ def test_extra_hyperparameters_are_stored(api, training_file):
         ({"lora_dropout": 1}, "hyperparameters.lora_dropout"),
         ({"use_dora": "maybe"}, "hyperparameters.use_dora"),
         ({"train_top_k_layers": 0}, "hyperparameters.train_top_k_layers"),
+        ({"freeze_first_n_layers": 0}, "hyperparameters.freeze_first_n_layers"),
+        ({"freeze_first_n_layers": 1, "train_top_k_layers": 1}, "hyperparameters.freeze_first_n_layers"),
+        ({"gradient_checkpointing": "maybe"}, "hyperparameters.gradient_checkpointing"),
         ({"quantization": "fp4"}, "hyperparameters.quantization"),
         ({"lora_rank": 8}, "hyperparameters.lora_rank"),
     ],
@@ -57,3 +61,13 @@ def test_bad_extra_hyperparameters_are_rejected_and_write_nothing(api, settings,
     assert response.json()["error"]["param"] == param
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert job_rows(settings) == before
+
+
+def test_freeze_first_n_layers_is_stored_and_excludes_train_top_k_layers(api, training_file):
+    body = {"model": TINY, "training_file": training_file, "hyperparameters": {"freeze_first_n_layers": 1}}
+    response = api.post("/v1/fine_tuning/jobs", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["hyperparameters"]["freeze_first_n_layers"] == 1
+    body["hyperparameters"]["train_top_k_layers"] = 1
+    error = api.post("/v1/fine_tuning/jobs", json=body).json()["error"]
+    assert "freeze_first_n_layers and train_top_k_layers both choose the adapted layers" in error["message"]

@@ -78,6 +78,51 @@ def test_beta_changes_training(dpo_run, tiny_model_dir, tmp_path):
     assert first_rows[0]["train_reward_margin"] > result.metrics[0]["train_reward_margin"] * 3
 
 
+def test_dpo_loss_and_rewards_equal_trls_dpo_trainer(tiny_model_dir, tmp_path):
+    """Per pair, our loss and reward margin are what TRL's own DPOTrainer (loss_type "sigmoid", reference =
+    the adapter disabled, not precomputed) computes on the same token rows with the same LoRA model."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from worker.training.preference import dpo_loss, reference_logps
+
+    base, tokenizer = load_base_model(tiny_model_dir, "cpu")
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=False,
+                     report_to="none", use_cpu=True, max_length=None)
+    unused = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
+                                 "chosen": [{"role": "assistant", "content": "a"}],
+                                 "rejected": [{"role": "assistant", "content": "b"}]}])
+    trainer = DPOTrainer(model=base, args=args, train_dataset=unused, processing_class=tokenizer,
+                         peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    model = trainer.model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from the reference, or every loss would be log 2
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    pad = pad_id(tokenizer)
+    pairs = [tokenize_pair(tokenizer, e, 256)[:2] for e in pirate_preference_examples(4, seed=3)]
+    references = reference_logps(model, pairs, pad, torch.device("cpu"), 2)
+    ours, theirs = [], []
+    for pair, reference in zip(pairs, references):
+        batch, stats = pair_batch([pair], pad), {}
+        with torch.no_grad():
+            ours.append((dpo_loss(model, batch, torch.tensor([reference]), 0.1, stats).item(), stats["reward_margin_sum"]))
+        # TRL's batch: the same rows; completion_mask marks the learned tokens (our "learned" marks their predecessors)
+        completion = torch.zeros_like(batch["input_ids"])
+        completion[:, 1:] = batch["learned"][:, :-1]
+        lengths = torch.tensor([len(pair[0][0]), len(pair[1][0])])
+        attention = (torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]).long()
+        with torch.no_grad():
+            loss = trainer.compute_loss(model, {"input_ids": batch["input_ids"], "attention_mask": attention,
+                                                "completion_mask": completion})
+        theirs.append((loss.item(), trainer._metrics["eval"]["rewards/margins"][-1]))
+    for (loss, margin), (trl_loss, trl_margin) in zip(ours, theirs):
+        assert (loss, margin) == pytest.approx((trl_loss, trl_margin), abs=1e-5)
+    assert max(abs(loss - 0.6931) for loss, _ in ours) > 0.02  # the pairs tell apart policy and reference
+
+
 @pytest.mark.parametrize("example, reason", [
     ({"input": {"messages": [{"role": "user", "content": "hi"}]}, "preferred_output": [{"role": "assistant", "content": "a"}]},
      "'non_preferred_output' is missing"),

@@ -132,6 +132,61 @@ def test_top_k_layers_leaves_the_first_layers_frozen(tiny_model_dir, tmp_path):
     assert any(".layers.0." in k for k in adapter(full))
 
 
+def test_freeze_first_n_layers_leaves_those_layers_unchanged(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    from worker.training import load_base_model
+
+    _, _, frozen = run(tmp_path, tiny_model_dir, "frozen", lora=LoraSettings(freeze_first_n_layers=1))
+    keys = adapter(frozen)
+    assert keys and all(".layers.1." in k for k in keys)  # 2 layers: layer 0 gets no adapter, layer 1 does
+    base, _ = load_base_model(tiny_model_dir, "cpu")
+    before = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in base.model.layers]
+    tuned = PeftModel.from_pretrained(base, frozen.adapter_dir).merge_and_unload()  # the adapter folded in
+    after = [layer.state_dict() for layer in tuned.model.layers]
+    assert before[0].keys() == after[0].keys() and all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert not torch.equal(before[1]["self_attn.q_proj.weight"], after[1]["self_attn.q_proj.weight"])
+
+
+def test_freeze_first_n_layers_is_checked():
+    with pytest.raises(ValueError, match="freeze_first_n_layers and lora.train_top_k_layers both choose"):
+        LoraSettings(freeze_first_n_layers=1, train_top_k_layers=1)
+    with pytest.raises(ValueError, match="freeze_first_n_layers must be between 1"):
+        LoraSettings(freeze_first_n_layers=0)
+    assert training_options({"freeze_first_n_layers": 1})["lora"] == LoraSettings(freeze_first_n_layers=1)
+
+
+def test_freezing_every_layer_is_refused(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="freeze_first_n_layers=2 but the model has 2 layers: at most 1 can be frozen"):
+        run(tmp_path, tiny_model_dir, "all", lora=LoraSettings(freeze_first_n_layers=2))
+
+
+def test_gradient_checkpointing_recomputes_the_layers_with_the_same_losses(tiny_model_dir, tmp_path, monkeypatch):
+    """Each decoder layer's forward runs again in the backward pass; the losses and the adapter stay the same.
+    The hook sits on the layer's attention: transformers checkpoints the layer's ``forward`` inside the
+    layer's own hooks (so those fire once either way), and torch stops a recompute once it has the
+    tensors the backward needs (so a post-hook on the layer's last module may not fire again)."""
+    calls = []
+    real = run_module.apply_method
+
+    def hooked(model, config):
+        model = real(model, config)
+        model.get_base_model().model.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
+        return model
+
+    monkeypatch.setattr(run_module, "apply_method", hooked)
+    _, _, plain = run(tmp_path, tiny_model_dir, "plain")
+    plain_calls, calls[:] = len(calls), []
+    config, _, checkpointed = run(tmp_path, tiny_model_dir, "checkpointed", gradient_checkpointing=True)
+    assert (plain_calls, len(calls)) == (4, 8)  # 4 steps: one forward each, then one more in each backward
+    assert [r["train_loss"] for r in checkpointed.metrics] == pytest.approx([r["train_loss"] for r in plain.metrics],
+                                                                            rel=1e-5)
+    a, b = adapter(plain), adapter(checkpointed)
+    assert any(t.abs().sum() > 0 for k, t in b.items() if "lora_B" in k)  # the adapter did learn through the recompute
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert training_options({"gradient_checkpointing": True})["gradient_checkpointing"] is True
+
+
 def test_training_options_from_job_hyperparameters():
     options = training_options({"n_epochs": 3, "eval_interval": 5, "lora_r": 8, "use_dora": True, "weight_decay": 0.1})
     assert options["eval_every"] == 5 and options["weight_decay"] == 0.1

@@ -153,6 +153,23 @@ def test_same_seed_same_losses(tiny_model_dir, tmp_path):
     assert losses[0] == losses[1]
 
 
+def test_another_seed_another_run(tiny_model_dir, tmp_path):
+    """The seed drives the adapter's initialisation, dropout and data order: another seed, other losses and weights."""
+    from safetensors.torch import load_file
+
+    hp = Hyperparameters(n_epochs=1, batch_size=2, learning_rate_multiplier=5.0)
+    losses, adapters = [], []
+    for seed in (1, 2):
+        (tmp_path / str(seed)).mkdir()
+        config = make_config(tmp_path / str(seed), tiny_model_dir, hyperparameters=hp, checkpoint_dir=None, seed=seed)
+        result = train(config, NullCallbacks())
+        losses.append([row["train_loss"] for row in result.metrics])
+        adapters.append(load_file(str(result.adapter_dir / "adapter_model.safetensors")))
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)
+    assert adapters[0].keys() == adapters[1].keys()
+    assert not any(torch.allclose(adapters[0][k], adapters[1][k]) for k in adapters[0] if "lora_A" in k)
+
+
 def test_truncation_is_reported(tiny_model_dir, tmp_path, tokenizer):
     config = make_config(tmp_path, tiny_model_dir, validation_file=None, checkpoint_dir=None)
     lengths = [len(tokenize_example(tokenizer, e, 4096).input_ids) for e in read_jsonl(config.training_file)]

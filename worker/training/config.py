@@ -46,10 +46,11 @@ EXTRA_KNOBS = {
     "eval_interval": "eval_every",
     "early_stopping_patience": "early_stopping_patience",
     "prompt_loss_weight": "prompt_loss_weight",
+    "gradient_checkpointing": "gradient_checkpointing",
 }
 LORA_KNOBS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "use_dora": "use_dora",
-              "train_top_k_layers": "train_top_k_layers", "quantization": "quantization",
-              "full_finetune_layers": "full_finetune_layers"}
+              "train_top_k_layers": "train_top_k_layers", "freeze_first_n_layers": "freeze_first_n_layers",
+              "quantization": "quantization", "full_finetune_layers": "full_finetune_layers"}
 
 
 @dataclass
@@ -149,6 +150,7 @@ class LoraSettings:
     use_dora: bool = False  # weight-decomposed LoRA (DoRA)
     quantization: str = "none"  # QLoRA: "nf4" (4-bit, double quantization) or "int8" base weights
     train_top_k_layers: int | None = None  # adapters only on the top K transformer layers (the rest frozen)
+    freeze_first_n_layers: int | None = None  # no adapters on the first N transformer layers (the same, counted from below)
     full_finetune_layers: list[int] | None = None  # these transformer layers train in full (no adapter on them)
 
     def __post_init__(self) -> None:
@@ -169,6 +171,11 @@ class LoraSettings:
                 _check_int("lora.full_finetune_layers[]", index, 0, 1 << 20)
         if self.train_top_k_layers is not None:
             _check_int("lora.train_top_k_layers", self.train_top_k_layers, 1, 1 << 20)
+        if self.freeze_first_n_layers is not None:
+            _check_int("lora.freeze_first_n_layers", self.freeze_first_n_layers, 1, 1 << 20)
+            if self.train_top_k_layers is not None:
+                raise ValueError("lora.freeze_first_n_layers and lora.train_top_k_layers both choose the adapted "
+                                 "layers: give one of them")
 
 
 LR_SCHEDULERS = ("linear", "cosine", "constant")
@@ -207,7 +214,7 @@ class TrainingConfig:
     eval_every: int | None = None  # optimizer steps between validations (plus one per epoch end)
     early_stopping_patience: int | None = None  # validations without improvement before stopping
     batching: str = "packed"  # packed: padding-free rows with per-example position ids; padded: one per row
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass: less memory, more time
     method: str = "supervised"  # supervised (chat / prompt-completion data) | dpo (preference pairs, preference.py)
     dpo_beta: float = DEFAULT_DPO_BETA  # DPO: strength of the pull towards the reference (base) model
 

@@ -25,6 +25,7 @@ def apply_method(model: Any, config: TrainingConfig) -> Any:
 
     ``train_top_k_layers=K`` puts adapters on the last K transformer layers only: the first
     ``n_layers - K`` stay frozen (classic transfer-learning advice: adapt the top, keep the bottom).
+    ``freeze_first_n_layers=N`` says the same from below: no adapters on layers ``0..N-1``.
     ``full_finetune_layers`` trains those layers' own weights in full (PEFT ``modules_to_save``: a
     trainable copy saved with the adapter); the other layers get LoRA adapters.
     """
@@ -37,6 +38,11 @@ def apply_method(model: Any, config: TrainingConfig) -> Any:
         if lora.train_top_k_layers > n_layers:
             raise ValueError(f"train_top_k_layers={lora.train_top_k_layers} but the model has {n_layers} layers")
         layers = list(range(n_layers - lora.train_top_k_layers, n_layers))
+    if lora.freeze_first_n_layers is not None:
+        if lora.freeze_first_n_layers >= n_layers:
+            raise ValueError(f"freeze_first_n_layers={lora.freeze_first_n_layers} but the model has {n_layers} layers: "
+                             f"at most {n_layers - 1} can be frozen")
+        layers = list(range(lora.freeze_first_n_layers, n_layers))
     full = sorted(set(lora.full_finetune_layers or []))
     if full and full[-1] >= n_layers:
         raise ValueError(f"full_finetune_layers names layer {full[-1]} but the model has {n_layers} (0-{n_layers - 1})")

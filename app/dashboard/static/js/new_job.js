@@ -29,10 +29,15 @@ const ADVANCED = [
   ["early_stopping_patience", "int", "default off; needs a validation file", "1 – 100"],
   ["prompt_loss_weight", "float", "default 0.0 (loss only on the answer tokens)", "0 – 1"],
   ["train_top_k_layers", "int", "default: all layers get adapters", "1 – 1000"],
+  ["freeze_first_n_layers", "int", "default: none frozen; not with train_top_k_layers", "1 – 1000, below the layer count"],
+  ["gradient_checkpointing", "bool", "default off; on: less memory, one more forward pass per step, same losses", ""],
 ];
 
 function field([name, kind, hint, range]) {
-  const input = Array.isArray(kind)
+  const input = kind === "bool"
+    ? h(`select#hp-${name}`, { name, dataset: { kind } }, ...[["", "auto"], ["true", "on"], ["false", "off"]]
+      .map(([value, label]) => h("option", { value }, label)))
+    : Array.isArray(kind)
     ? h(`select#hp-${name}`, { name }, h("option", { value: "" }, "auto"), ...kind.map((v) => h("option", { value: v }, v)))
     : h(`input#hp-${name}`, { name, type: "number", step: kind === "int" ? "1" : "any", placeholder: "auto", dataset: { kind } });
   return h("div", {}, h("label", { htmlFor: `hp-${name}` }, name), input,
@@ -62,7 +67,8 @@ export function render(root, params) {
     for (const input of form.querySelectorAll("[id^=hp-]")) {
       if (input.value === "") continue;
       hyperparameters[input.name] = input.dataset.kind === "int" ? Number.parseInt(input.value, 10)
-        : input.dataset.kind === "float" ? Number(input.value) : input.value;
+        : input.dataset.kind === "float" ? Number(input.value)
+        : input.dataset.kind === "bool" ? input.value === "true" : input.value;
     }
     const body = { model: model.value, training_file: training.value,
       method: { type: "supervised", supervised: { hyperparameters } } };
