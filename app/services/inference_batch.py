@@ -1,11 +1,12 @@
 """Continuous batching over many LoRA adapters on one base model.
 
 One scheduler per loaded base model, on its own thread. Between decoding steps it drops the
-sequences that finished or were cancelled, admits waiting ones (prefilling each with its own
-adapter), then runs ONE forward for every active sequence: each row feeds its last token, the
-rows' KV caches live in one left-padded batch cache, and PEFT's mixed-batch LoRA forward
-(`adapter_names=[...]`, "__base__" for none) applies each row's adapter to that row only —
-the S-LoRA / Punica idea with PEFT's per-adapter sub-batch kernels instead of custom ones.
+sequences that finished or were cancelled, admits waiting ones (their prompts prefilled together
+in one left-padded forward, each row with its own adapter), then runs ONE forward for every
+active sequence: each row feeds its last token, the rows' KV caches live in one left-padded batch
+cache, and each row gets its own adapter's LoRA delta (`inference_lora.StackedLora`; PEFT's
+`adapter_names=` sub-batches for DoRA) — the S-LoRA / Punica idea. Rows for the base model
+("__base__") get no delta.
 
 Adapters sit in an LRU of `inference_adapter_cache_size`; one used by an active sequence is
 never evicted (a request for a new adapter waits until a slot frees).
@@ -27,6 +28,7 @@ from app.services.inference_sampling import Sequence
 
 log = logging.getLogger("whetstone.inference")
 BASE = "__base__"
+PREFILL_TOKENS = 8192  # padded prompt tokens prefilled in one forward (a longer prompt goes alone)
 
 
 class QueueFull(Exception):
@@ -142,16 +144,21 @@ class BatchScheduler:
                 self._unload(path)
 
     def _admit(self) -> None:
+        """Move waiting sequences into the batch (as many as fit, adapters permitting), prefilled together."""
         with self._cv:
             candidates = list(self.waiting)
+        group: list[tuple[Sequence, str]] = []
+        width = 0  # the group's padded prompt length
         for seq in candidates:
-            if len(self.active) >= self.max_batch:
+            if len(self.active) + len(group) >= self.max_batch:
                 break
+            if group and (len(group) + 1) * max(width, len(seq.prompt_ids)) > PREFILL_TOKENS:
+                break  # the rest join at the next step
             if seq.cancelled:
                 self._unqueue(seq)
                 continue
             try:
-                name = self._adapter_name(seq.adapter)
+                name = self._adapter_name(seq.adapter, busy={s.adapter for s, _ in group})
             except Exception as exc:  # unreadable adapter files
                 self._unqueue(seq)
                 log.exception("adapter %s could not be loaded", seq.adapter)
@@ -160,24 +167,31 @@ class BatchScheduler:
             if name is None:
                 continue  # every adapter slot is in use; it waits
             self._unqueue(seq)
-            try:
-                self._prefill(seq, name)
-            except Exception as exc:
-                log.exception("prefill failed")
+            group.append((seq, name))
+            width = max(width, len(seq.prompt_ids))
+        if not group:
+            return
+        try:
+            self._prefill(group)
+        except Exception as exc:
+            log.exception("prefill failed")
+            for seq, _ in group:
                 seq.fail(f"The server had an error while generating: {public_reason(exc)}")
 
     def _unqueue(self, seq: Sequence) -> None:
         with self._cv:
             self.waiting.remove(seq)
 
-    def _adapter_name(self, adapter: Path | None) -> str | None:
+    def _adapter_name(self, adapter: Path | None, busy: set[Path | None] = frozenset()) -> str | None:
+        """The loaded adapter's name (loading it, evicting the least recently used one that neither
+        the batch nor ``busy`` uses); None when every slot is in use."""
         if adapter is None:
             return BASE
         if adapter in self.adapters:
             self.adapters.move_to_end(adapter)
             return self.adapters[adapter]
         if len(self.adapters) >= self.adapter_slots:
-            in_use = {seq.adapter for seq in self.active}
+            in_use = {seq.adapter for seq in self.active} | busy
             victim = next((p for p in self.adapters if p not in in_use), None)
             if victim is None:
                 return None
@@ -224,25 +238,38 @@ class BatchScheduler:
     def _names(self, seqs: list[Sequence]) -> list[str]:
         return [self.adapters[s.adapter] if s.adapter is not None else BASE for s in seqs]
 
-    def _prefill(self, seq: Sequence, name: str) -> None:
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
-        out = self._forward([name], input_ids=ids, attention_mask=torch.ones_like(ids))
-        if seq.options.prompt_logprobs:
-            seq.score_prompt(out.logits[0], self.tokenizer)
-        seq.accept(seq.choose(out.logits[0, -1], self.tokenizer), self.eos_ids, self.tokenizer)
-        if seq.done:
-            return
-        self._join(seq, out.past_key_values, len(seq.prompt_ids))
+    def _prefill(self, group: list[tuple[Sequence, str]]) -> None:
+        """One forward over the new sequences' prompts (left-padded, each row with its own adapter and
+        position ids from 0), their first tokens chosen, their caches joined to the batch's."""
+        seqs = [seq for seq, _ in group]
+        width = max(len(seq.prompt_ids) for seq in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        positions = torch.zeros(len(seqs), width, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            n = len(seq.prompt_ids)
+            ids[row, width - n:] = torch.tensor(seq.prompt_ids)
+            mask[row, width - n:] = 1
+            positions[row, width - n:] = torch.arange(n)
+        mask = mask.to(self.device)
+        # The next token needs the last position's logits only; prompt logprobs (echo) need them all.
+        keep = {} if any(seq.options.prompt_logprobs for seq in seqs) else {"logits_to_keep": 1}
+        out = self._forward([name for _, name in group], input_ids=ids.to(self.device), attention_mask=mask,
+                            position_ids=positions.to(self.device), **keep)
+        for row, seq in enumerate(seqs):
+            if seq.options.prompt_logprobs:
+                seq.score_prompt(out.logits[row, width - len(seq.prompt_ids):], self.tokenizer)
+            seq.accept(seq.choose(out.logits[row, -1], self.tokenizer), self.eos_ids, self.tokenizer)
+        self._join(seqs, out.past_key_values, mask)  # rows already done leave at the next _drop_finished
 
-    def _join(self, seq: Sequence, cache, length: int) -> None:  # noqa: ANN001
-        """Add one prefilled row to the batch cache, left-padding whichever side is shorter."""
-        self.active.append(seq)
-        row_mask = torch.ones(1, length, dtype=torch.long, device=self.device)
+    def _join(self, seqs: list[Sequence], cache, mask: torch.Tensor) -> None:  # noqa: ANN001
+        """Add prefilled rows to the batch cache, left-padding whichever side is shorter."""
+        self.active.extend(seqs)
         if self.cache is None:
-            self.cache, self.mask = cache, row_mask
+            self.cache, self.mask = cache, mask
             return
-        width = max(self.mask.shape[1], length)
-        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)])
+        width = max(self.mask.shape[1], mask.shape[1])
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
         for mine, theirs in zip(self.cache.layers, cache.layers):
             mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
             mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width)])
