@@ -224,10 +224,10 @@ class BatchScheduler:
     def _forward(self, names: list[str], **inputs):
         if self.peft is None or not self.adapters:  # no adapter loaded (any more): the base alone
             return self.model(**inputs, use_cache=True)
+        loaded = list(self.adapters.values())
+        if self.stacked is not None and self.stacked.supports(loaded):  # any mix of adapters and the base
+            return self.stacked.forward(names, loaded, lambda: self.peft(**inputs, use_cache=True))
         if len(set(names)) > 1:  # rows for different adapters
-            loaded = list(self.adapters.values())
-            if self.stacked is not None and self.stacked.supports(loaded):
-                return self.stacked.forward(names, loaded, lambda: self.peft(**inputs, use_cache=True))
             return self.peft(**inputs, use_cache=True, adapter_names=names)  # PEFT's per-adapter sub-batches
         if names[0] == BASE:
             with self.peft.disable_adapter():
