@@ -192,10 +192,10 @@ def main() -> None:
     baseline_tps, mixed_tps, same_tps = b_tokens / b_time, m_tokens / m_time, s_tokens / s_time
     print(f"1. baseline sequential PEFT generate ({b_placement}): {b_tokens} tokens in {b_time:.2f}s "
           f"= {baseline_tps:.1f} tok/s")
-    print(f"   engine, {args.requests} concurrent over {args.adapters} adapters (median of {args.reps} runs): {m_tokens} tokens in {m_time:.2f}s "
-          f"= {mixed_tps:.1f} tok/s -> ratio {mixed_tps / baseline_tps:.2f}x (goal >= 4x)")
-    print(f"3. engine, same adapter for all (median of {args.reps} runs): {s_tokens} tokens in {s_time:.2f}s = {same_tps:.1f} tok/s -> "
-          f"mixed/same {mixed_tps / same_tps:.2f} (loss {100 * (1 - mixed_tps / same_tps):.1f}%, goal <= 20%)")
+    print(f"   engine, {args.requests} concurrent over {args.adapters} adapters (median of {args.reps} runs): "
+          f"{m_tokens} tokens in {m_time:.2f}s = {mixed_tps:.1f} tok/s -> ratio {mixed_tps / baseline_tps:.2f}x (goal >= 4x)")
+    print(f"3. engine, same adapter for all (median of {args.reps} runs): {s_tokens} tokens in {s_time:.2f}s = "
+          f"{same_tps:.1f} tok/s -> mixed/same {mixed_tps / same_tps:.2f} (loss {100 * (1 - mixed_tps / same_tps):.1f}%, goal <= 20%)")
     http, direct, d_placement = single_request_overhead(settings, base, prompt_ids, args.tokens, args.reps, device)
     print(f"2. one request: HTTP service {http * 1000:.0f} ms vs generate ({d_placement}) {direct * 1000:.0f} ms -> "
           f"extra latency {100 * (http / direct - 1):.1f}% (goal <= 10%)")
