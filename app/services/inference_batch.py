@@ -56,6 +56,7 @@ class BatchScheduler:
         self.mask: torch.Tensor | None = None  # [rows, cached length]: 1 real token, 0 padding
         self.evictions: set[Path] = set()
         self.steps = 0  # decoding steps run (a batch of any size counts once)
+        self.prefills = 0  # prefill forwards run (each for one or more new sequences)
         self.mixed_steps = 0  # of which ran rows for more than one adapter (or adapter + base)
         self.peak_rows = 0
         self._cv = threading.Condition()
@@ -256,6 +257,7 @@ class BatchScheduler:
         keep = {} if any(seq.options.prompt_logprobs for seq in seqs) else {"logits_to_keep": 1}
         out = self._forward([name for _, name in group], input_ids=ids.to(self.device), attention_mask=mask,
                             position_ids=positions.to(self.device), **keep)
+        self.prefills += 1
         for row, seq in enumerate(seqs):
             if seq.options.prompt_logprobs:
                 seq.score_prompt(out.logits[row, width - len(seq.prompt_ids):], self.tokenizer)

@@ -1,5 +1,6 @@
 """Continuous batching: a request that arrives while a batch is decoding joins it at the next step
-(it does not wait for the batch to drain), and neither answer changes for it.
+(it does not wait for the batch to drain), and neither answer changes for it; requests that wait
+together are prefilled together, in one forward, with the same answers as alone.
 
 The requests go straight to the base model's scheduler, each with a sink that runs on the scheduler
 thread: the order in which they finish and the number of forward steps are facts of the engine, not
@@ -13,6 +14,7 @@ import threading
 
 from app.services.inference import InferenceEngine, SamplingOptions
 from app.services.inference_sampling import Delta, Sequence
+from tests.app.serving_helpers import craft_adapter
 from tests.conftest import TINY
 
 # Tokens of the long answer and of the short one; the long one's tokens when the short one is sent.
@@ -26,11 +28,12 @@ class Request:
     """One greedy request to a scheduler, as the engine submits it: its deltas, its end."""
 
     def __init__(self, name: str, prompt_ids: list[int], max_tokens: int, finished: list[str],
-                 on_delta=None) -> None:  # noqa: ANN001
+                 on_delta=None, adapter=None) -> None:  # noqa: ANN001
         self.name, self.finished, self.on_delta = name, finished, on_delta
         self.deltas: list[Delta] = []
         self.ended = threading.Event()
-        self.seq = Sequence(0, prompt_ids, SamplingOptions(max_tokens=max_tokens, temperature=0), None, self._sink)
+        options = SamplingOptions(max_tokens=max_tokens, temperature=0)
+        self.seq = Sequence(0, prompt_ids, options, adapter, self._sink)
 
     def _sink(self, delta: Delta) -> None:  # on the scheduler thread
         self.deltas.append(delta)
@@ -91,4 +94,31 @@ def test_a_request_joins_a_batch_that_is_already_decoding(settings):
     assert scheduler.steps - steps == LONG - 1
     assert scheduler.peak_rows == 2
     assert together == alone  # joining mid-batch changed neither answer (text, finish, tokens)
+    engine.close()
+
+
+def test_requests_waiting_together_are_prefilled_in_one_forward(settings, tiny_model_dir, tmp_path):
+    adapters = [craft_adapter(tiny_model_dir, tmp_path / f"adapter{i}", seed=i + 1) for i in range(2)]
+    engine = InferenceEngine(settings)
+    scheduler = engine.scheduler(TINY, wait=120)
+    tokenizer = scheduler.tokenizer
+    # Prompts of three lengths (the shorter ones left-padded), two adapters and the base.
+    cases = [(LONG_PROMPT, adapters[0]), (SHORT_PROMPT, adapters[1]), ("Hi", None), (SHORT_PROMPT, adapters[0])]
+    prompts = [(tokenizer.encode(text, add_special_tokens=False), adapter) for text, adapter in cases]
+    assert len({len(ids) for ids, _ in prompts}) == 3
+
+    finished: list[str] = []
+    alone = []
+    for i, (ids, adapter) in enumerate(prompts):
+        request = Request(str(i), ids, 12, finished, adapter=adapter)
+        scheduler.submit([request.seq])
+        alone.append(request.wait())
+    assert len({text for text, _, _ in alone}) == 4  # each answer its own: a mix-up would show
+
+    prefills, steps = scheduler.prefills, scheduler.steps
+    requests = [Request(str(i), ids, 12, finished, adapter=adapter) for i, (ids, adapter) in enumerate(prompts)]
+    scheduler.submit([r.seq for r in requests])
+    assert [r.wait() for r in requests] == alone
+    assert scheduler.prefills - prefills == 1  # one forward for the four prompts
+    assert scheduler.steps - steps == 12 - 1  # and they decoded together
     engine.close()
