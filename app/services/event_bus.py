@@ -47,6 +47,11 @@ def note_event(session: Session, row: object, prev_pk: int | None) -> None:
     session.info.setdefault("events", []).append((row, prev_pk))
 
 
+def last_noted(session: Session, job_pk: int) -> object | None:
+    """The job's event this session noted last (not yet committed), if any."""
+    return next((row for row, _ in reversed(session.info.get("events", ())) if row.job_pk == job_pk), None)
+
+
 def note_finished(session: Session, job_pk: int) -> None:
     """Called when a job reaches a final status: its followers check the database once and end."""
     session.info.setdefault("finished_jobs", set()).add(job_pk)

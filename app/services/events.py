@@ -11,17 +11,29 @@ from app.core.auth import Caller
 from app.core.ids import new_id
 from app.models import JobEvent
 from app.protocol.fine_tuning import JobEvent as JobEventWire
-from app.services.event_bus import note_event
+from app.services.event_bus import last_noted, note_event
 from app.services.scope import scoped
 
 
 def add_event(session: Session, job_pk: int, message: str, *, level: str = "info", type: str = "message",
-              data: dict[str, Any] | None = None) -> JobEvent:
-    prev = session.scalar(select(func.max(JobEvent.pk)).where(JobEvent.job_pk == job_pk))
+              data: dict[str, Any] | None = None, first: bool = False) -> JobEvent:
+    """Store an event (published once the session commits). ``first``: the job was created in this
+    session and has no event yet."""
+    prev = None if first else _newest_event_pk(session, job_pk)
     row = JobEvent(id=new_id("ftevent"), job_pk=job_pk, message=message, level=level, type=type, data=data)
     session.add(row)
     note_event(session, row, prev)
     return row
+
+
+def _newest_event_pk(session: Session, job_pk: int) -> int | None:
+    """The job's newest event: the last one this session added (flushed for its pk), else the database's."""
+    mine = last_noted(session, job_pk)
+    if mine is not None:
+        if mine.pk is None:
+            session.flush()
+        return mine.pk
+    return session.scalar(select(func.max(JobEvent.pk)).where(JobEvent.job_pk == job_pk))
 
 
 def to_wire(row: JobEvent) -> JobEventWire:

@@ -112,10 +112,10 @@ class FileSink:
         return self._check(None)
 
     def _count(self, lines: list[bytes]) -> None:
-        for line in lines:
-            self._lines += 1
-            if len(line) > self.limits.max_line_bytes:
-                self._line_too_long(self._lines)
+        limit = self.limits.max_line_bytes
+        if lines and max(map(len, lines)) > limit:  # (at C speed; the loop only finds which line)
+            self._line_too_long(self._lines + next(i for i, line in enumerate(lines, 1) if len(line) > limit))
+        self._lines += len(lines)
         if self._lines > self.limits.max_lines:
             raise invalid(f"Invalid file format for fine-tuning: more than the limit of {self.limits.max_lines} "
                           "lines.", param="file", code="too_many_lines")

@@ -13,7 +13,7 @@ from app.core.auth import Caller
 from app.core.config import Settings
 from app.core.errors import APIError, invalid, not_found
 from app.core.ids import new_id, now
-from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
+from app.models import Checkpoint, File, FineTunedModel, FineTuningJob, Project
 from app.protocol.fine_tuning import CreateJobRequest, DpoHyperparameters, Hyperparameters, JobCheckpoint, JobError
 from app.protocol.fine_tuning import FineTuningJob as FineTuningJobWire
 from app.services.base_models import find_base_model, refuse_unsafe
@@ -137,10 +137,11 @@ def create_job(session: Session, settings: Settings, caller: Caller, request: Cr
         seed=request.seed if request.seed is not None else random.randrange(2**31),
         hyperparameters=hyperparameters, status="validating_files",
         result_files=[], job_metadata=request.metadata, method_type=kind, integrations=integrations,
+        project=session.get(Project, caller.project_pk),  # authentication loaded it: no query, none for to_wire
     )
     session.add(job)
     session.flush()
-    add_event(session, job.pk, f"Created fine-tuning job: {job.id}")
+    add_event(session, job.pk, f"Created fine-tuning job: {job.id}", first=True)
     return job
 
 
