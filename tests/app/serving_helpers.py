@@ -27,10 +27,13 @@ def craft_adapter(base_dir: Path, dest: Path, seed: int) -> Path:
     return dest
 
 
-def register_fine_tune(settings: Settings, project: str, adapter_seed: int, base_dir: Path) -> tuple[str, Path]:
-    """A succeeded job and its fine-tuned model row, adapter files under the jobs dir."""
+def register_fine_tune(settings: Settings, project: str, adapter_seed: int, base_dir: Path,
+                       adapter: Path | None = None) -> tuple[str, Path]:
+    """A succeeded job and its fine-tuned model row: `adapter` (a trained one), or one crafted from
+    `adapter_seed` under the jobs dir."""
     job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
-    adapter = craft_adapter(base_dir, settings.jobs_dir / job_id / "adapter", adapter_seed)
+    if adapter is None:
+        adapter = craft_adapter(base_dir, settings.jobs_dir / job_id / "adapter", adapter_seed)
     model_id = f"ft:{TINY}:{project}::{job_id[6:14]}"
     with session_scope(settings.resolved_database_url) as session:
         project_pk = session.scalar(select(Project.pk).where(Project.name == project))
