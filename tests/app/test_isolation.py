@@ -239,7 +239,8 @@ UNSCOPED_ALLOWED = {
     ("app/core/metrics.py", "collect"): "aggregate counts over all projects for /metrics; no ids, no rows",
     ("app/services/evaluations.py", "mark_enqueue_failed"): "by pk of a row the caller just created",
     ("app/services/event_stream.py", "_poll"): "by pk of a job the route loaded through scope.owned",
-    ("app/services/events.py", "add_event"): "writes an event for a job pk the caller already owns / the worker",
+    ("app/services/events.py", "_newest_event_pk"): "add_event's previous event, for a job pk the caller "
+                                                     "already owns / the worker",
     ("app/services/events.py", "events_since"): "the SSE follower, by pk of a job loaded through scope.owned",
     ("app/services/jobs.py", "announce_queue_positions"): "the one queue is shared by every project; each "
                                                           "job behind hears only its own position",
