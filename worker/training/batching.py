@@ -9,6 +9,9 @@ for any other token, 0 where there is no target.
 ``packed``: examples are first-fit packed into rows of at most ``row_tokens`` tokens; position
 ids restart at 0 for every example and no attention mask is passed, so transformers builds the
 block-diagonal causal mask (``find_packed_sequence_indices``): no token attends across examples.
+``segments``: every example in one row, with ``segment_lengths`` (the examples' lengths in row
+order) for ``segment_attention`` to attend within each example alone: no mask, no padding, and
+logits only at the positions with a target.
 ``padded``: one example per row, right-padded (causal attention never looks at the padding).
 Padding positions continue the last example's positions and carry weight 0.
 """
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from .data import IGNORE_INDEX
+from .fused_loss import fused_head, linear_cross_entropy
 
 Example = tuple[list[int], list[int]]
 
@@ -40,10 +44,17 @@ def pack_rows(lengths: list[int], row_tokens: int) -> list[list[int]]:
 
 
 def make_batch(
-    examples: list[Example], pad_token_id: int, *, packed: bool, row_tokens: int, prompt_loss_weight: float = 0.0
+    examples: list[Example], pad_token_id: int, *, packed: bool, row_tokens: int, prompt_loss_weight: float = 0.0,
+    segments: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Tensors for one forward pass: input_ids, position_ids, targets, weights, learned (all [rows, width])."""
-    groups = pack_rows([len(ids) for ids, _ in examples], row_tokens) if packed else [[i] for i in range(len(examples))]
+    """Tensors for one forward pass: input_ids, position_ids, targets, weights, learned (all [rows, width]);
+    with ``segments``, one row and its ``segment_lengths``."""
+    if segments:
+        groups = [list(range(len(examples)))]
+    elif packed:
+        groups = pack_rows([len(ids) for ids, _ in examples], row_tokens)
+    else:
+        groups = [[i] for i in range(len(examples))]
     rows = []
     for group in groups:
         ids, pos, tgt, wts, lrn = [], [], [], [], []
@@ -79,6 +90,8 @@ def make_batch(
         batch["learned"][r, :n] = torch.tensor(lrn)
     batch["targets"][batch["weights"] == 0] = IGNORE_INDEX
     batch["n_tokens"] = torch.tensor(sum(len(ids) for ids, _ in examples))
+    if segments:
+        batch["segment_lengths"] = torch.tensor([len(ids) for ids, _ in examples])
     return batch
 
 
@@ -87,35 +100,48 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     """(sum of weighted token losses, sum of weights, learned tokens, learned tokens predicted right).
 
     Logits are computed only at positions with a target (``logits_to_keep``), which spares the
-    vocabulary projection wherever nothing is learned. With ``stats``, also adds to
+    vocabulary projection wherever nothing is learned; on a plain frozen head, together with the
+    loss a chunk at a time (``fused_loss``), never all at once. With ``stats``, also adds to
     ``stats["sequences"]`` the examples with a learned token and to ``stats["sequences_right"]``
     those whose learned tokens were all predicted right (the legacy sequence accuracy).
     """
     weights = batch["weights"]
     keep = (weights > 0).any(dim=0).nonzero().squeeze(1)
     # use_cache=False matters: with a cache transformers ignores packed position ids in the mask.
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep,
-                   use_cache=False).logits
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    if "segment_lengths" in batch:
+        inputs["segment_lengths"] = tuple(batch["segment_lengths"].tolist())
     weights, targets, learned = weights[:, keep], batch["targets"][:, keep], batch["learned"][:, keep]
+    fused = fused_head(model)
+    if fused is not None:
+        decoder, head = fused
+        hidden = decoder(**inputs).last_hidden_state[:, keep]
+        loss, predicted = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head, targets.reshape(-1),
+                                               weights.reshape(-1))
+        predicted = predicted.view(targets.shape)
+    else:
+        logits = model(**inputs, logits_to_keep=keep).logits
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        # No boolean indexing of the [tokens, vocab] logits: it copies them, and its backward fills a zero tensor as large.
+        losses = torch.nn.functional.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                                                   reduction="none")
+        loss = (losses * weights.reshape(-1)).sum()
+        with torch.no_grad():
+            predicted = logits.argmax(-1)
     if stats is not None:
-        _count_sequences(stats, logits, targets, learned, batch["position_ids"], keep)
-    weights, targets, learned = weights.reshape(-1), targets.reshape(-1), learned.reshape(-1)
-    logits = logits.float().reshape(-1, logits.shape[-1])
-    # No boolean indexing of the [tokens, vocab] logits: it copies them, and its backward fills a zero tensor as large.
-    losses = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="none")
-    with torch.no_grad():
-        correct = int(((logits.argmax(-1) == targets) & learned).sum())
-    return (losses * weights).sum(), float(weights.sum()), int(learned.sum()), correct
+        _count_sequences(stats, predicted, targets, learned, batch["position_ids"], keep)
+    correct = int(((predicted == targets) & learned).sum())
+    return loss, float(weights.sum()), int(learned.sum()), correct
 
 
 @torch.no_grad()
-def _count_sequences(stats: dict, logits: torch.Tensor, targets: torch.Tensor, learned: torch.Tensor,
+def _count_sequences(stats: dict, predicted: torch.Tensor, targets: torch.Tensor, learned: torch.Tensor,
                      position_ids: torch.Tensor, keep: torch.Tensor) -> None:
     """Per example (a new one starts wherever position_ids is 0): any learned token, any wrong one."""
     rows, width = position_ids.shape
     segment = position_ids.eq(0).long().cumsum(dim=1)[:, keep]  # 1-based example index in its row
     ids = torch.arange(rows, device=segment.device).unsqueeze(1) * (width + 1) + segment
-    wrong = learned & (logits.argmax(-1) != targets)
+    wrong = learned & (predicted != targets)
     has_learned = torch.zeros(rows * (width + 1), dtype=torch.bool, device=ids.device)
     has_wrong = torch.zeros_like(has_learned)
     has_learned[ids[learned]] = True

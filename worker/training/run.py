@@ -24,9 +24,11 @@ from .config import TrainingConfig
 from .data import load_examples, pad_id
 from .methods import apply_method
 from .metrics import new_window
+from .lora_dropout import use_fast_dropout
 from .model_loading import load_base_model, resolve_device
 from .preference import dpo_loss, load_pairs, pair_batch, reference_logps, reward_metrics
 from .schedule import lr_factor
+from .segment_attention import use_segment_attention
 
 Example = tuple[list[int], list[int]]
 
@@ -56,7 +58,10 @@ class Run:
         self.valid_set = None
         if config.validation_file is not None:
             self.valid_set = load(config.validation_file, tokenizer, config.max_seq_len, "validation", callbacks)
+        # packed: every example of a batch in one row, attention within each example (segment_attention)
+        self.segmented = self._packed and use_segment_attention(model)
         self.model = apply_method(model, config)
+        use_fast_dropout(self.model)
         if self.dpo:  # the reference: the base model, before any step (adapter disabled)
             self.train_set = self._with_reference(self.train_set)
             self.valid_set = self._with_reference(self.valid_set) if self.valid_set is not None else None
@@ -199,10 +204,12 @@ class Run:
         return self.config.batching == "packed"
 
     def _batch(self, examples: list[Example], prompt_loss_weight: float) -> dict:
-        """Packed rows no wider than the longest example: never more tokens than padding would use, and
-        no masked attention over rows much wider than one example (its cost grows with the row squared)."""
+        """One row of segments where the model takes segment attention; else packed rows no wider than the
+        longest example: never more tokens than padding would use, and no masked attention over rows much
+        wider than one example (its cost grows with the row squared)."""
         width = max(len(ids) for ids, _ in examples)
-        return make_batch(examples, self.pad, packed=self._packed, row_tokens=width, prompt_loss_weight=prompt_loss_weight)
+        return make_batch(examples, self.pad, packed=self._packed, row_tokens=width, prompt_loss_weight=prompt_loss_weight,
+                          segments=self.segmented)
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
