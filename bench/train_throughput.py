@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -52,6 +51,9 @@ TOPICS = [
     ("How do I save money on groceries?", "Plan your meals, write a list, buy store brands and avoid shopping hungry."),
     ("What is photosynthesis?", "Plants use light, water and carbon dioxide to make sugar and release oxygen."),
 ]
+# Both trainers: this learning rate, no warm-up, linear decay to 1/steps at the last step (the
+# same factor (steps - step) / steps in both), AdamW without weight decay, gradients clipped at 1.
+LEARNING_RATE = 1e-3
 DETAIL = ("It also helps to take notes as you go, to check your progress every week, and to ask someone with "
           "more experience when you are unsure, because small corrections early save a lot of time later. ")
 
@@ -126,7 +128,7 @@ def run_whetstone(args, workdir: Path, batching: str, train_file: Path, valid: l
         base_model_dir=args.model, training_file=train_file, output_dir=workdir / f"adapter-{batching}",
         hyperparameters=Hyperparameters(n_epochs=args.epochs, batch_size=args.batch_size, learning_rate_multiplier=1.0),
         lora=LoraSettings(r=16, alpha=32, dropout=0.05), seed=0, max_seq_len=2048, batching=batching,
-        log_every=1, device=args.device,
+        log_every=1, device=args.device, base_learning_rate=LEARNING_RATE, warmup_ratio=0.0, weight_decay=0.0,
     )
     with PeakMemory(args.device) as memory:
         started = time.perf_counter()
@@ -164,10 +166,9 @@ def run_hf_trainer(args, workdir: Path, train_examples: list[dict], valid: list[
         counts["total"] += batch["attention_mask"].numel()
         return batch
 
-    steps = args.epochs * math.ceil(len(rows) / args.batch_size)
     training_args = TrainingArguments(
         output_dir=str(workdir / "hf"), per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs,
-        learning_rate=1e-3, warmup_steps=math.ceil(0.1 * steps), lr_scheduler_type="linear", weight_decay=0.0,
+        learning_rate=LEARNING_RATE, warmup_steps=0, lr_scheduler_type="linear", weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], seed=0, data_seed=0,
         use_cpu=args.device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
     )
