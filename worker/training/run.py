@@ -22,9 +22,9 @@ from .callbacks import TrainingCallbacks
 from .checkpoints import file_sha256, load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint
 from .config import TrainingConfig
 from .data import load_examples, pad_id
+from .lora_dropout import use_fast_dropout
 from .methods import apply_method
 from .metrics import new_window
-from .lora_dropout import use_fast_dropout
 from .model_loading import load_base_model, resolve_device
 from .preference import dpo_loss, load_pairs, pair_batch, reference_logps, reward_metrics
 from .schedule import lr_factor
