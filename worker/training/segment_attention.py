@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "whetstone_segments"
 
@@ -48,8 +48,7 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
 
 AttentionInterface.register(NAME, segment_attention)
-if NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-    AttentionMaskInterface.register(NAME, sdpa_mask)  # padded batches still get SDPA's mask
+AttentionMaskInterface.register(NAME, sdpa_mask)  # padded batches still get SDPA's mask
 
 
 def use_segment_attention(model: Any) -> bool:
