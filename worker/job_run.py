@@ -25,7 +25,7 @@ from app.core.ids import new_id, now
 from app.models import Checkpoint, File, FineTunedModel, FineTuningJob
 from app.services import job_state as state
 from app.services.events import add_event
-from app.services.jobs import fine_tuned_model_name
+from app.services.jobs import fine_tuned_model_name, legacy_name_taken
 from app.services.queue import send_job
 from app.services.storage import storage_for
 
@@ -47,7 +47,9 @@ class JobRun:
         self.url = settings.resolved_database_url
         self.job = job
         self.owner = owner
-        self.model_name = fine_tuned_model_name(job, org)
+        with session_scope(self.url) as session:
+            taken = legacy_name_taken(session, job)
+        self.model_name = fine_tuned_model_name(job, org, same_second_before=taken)
         self.workdir = settings.jobs_dir / job.id
         self.storage = storage_for(settings, "files")  # uploads and results
         self.jobs = storage_for(settings, "jobs")  # adapters and checkpoints, shared with the API

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -108,6 +109,10 @@ class Settings(BaseSettings):
     # Uploaded JSONL: longest line and most lines a file may have.
     max_upload_line_bytes: int = 4 << 20
     max_upload_lines: int = 1_000_000
+    # Processes that check large uploads' lines while the API process stores the bytes, each on a core
+    # of its own (app/services/upload_check_process.py); 0: checked in the API process. Default: one
+    # per core beyond the first, at most 4.
+    upload_check_processes: int = max(0, min(4, (os.cpu_count() or 1) - 1))
     # Bytes of files (uploads and results) one project may keep (0: no limit).
     max_storage_bytes_per_project: int = 50 << 30
     # Jobs of one project waiting to run (validating_files/queued/paused) beyond which create gets 429 (0: no limit).

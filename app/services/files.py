@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -18,11 +19,16 @@ from app.models import File
 from app.protocol.files import FileObject
 from app.services.scope import owned, scoped
 from app.services.storage import CHUNK, Storage
-from worker.training.validation import DataSummary, InvalidExample, LineValidator
+from app.services.upload_check import LineCheck, LineLimits, UploadCheckError
+from app.services.upload_check_process import POOL, CheckProcessBroken, RemoteLineCheck
+from worker.training.validation import DataSummary
 
 PURPOSES = {"fine-tune"}
 # Purposes a client may read but not upload: results written by the service itself.
 READ_ONLY_PURPOSES = {"fine-tune-results"}
+# Uploads at least this large are checked in a process of their own (when one is free): below it,
+# starting on another core gains less than handing the blocks over costs.
+REMOTE_CHECK_FROM = 16 << 20
 
 
 def to_wire(row: File) -> FileObject:
@@ -72,68 +78,66 @@ def project_storage_bytes(session: Session, caller: Caller | int) -> int:
 
 
 class FileSink:
-    """An upload's bytes, in order, in blocks of any size: each block is stored and its complete
-    lines checked as it comes (the last, unfinished line waits for the next block, and is refused
-    as soon as it outgrows the line limit, so a huge line is never held whole). 413 past the byte
-    limit or the project's quota, 400 naming the line for a bad example, a line too long or too
-    many lines; `finish` gives the summary. With `digest`, the sha256 of the bytes is kept too
-    (Idempotency-Key)."""
+    """An upload's bytes, in order, in blocks of any size: each block is stored and its lines
+    checked (`upload_check.LineCheck`). 413 past the byte limit or the project's quota, 400 naming
+    the line for a bad example, a line too long or too many lines; `finish` gives the summary,
+    `close` (always) hands back what the check held. With `digest`, the sha256 of the bytes is kept
+    too (Idempotency-Key).
 
-    def __init__(self, writer, limits: UploadLimits, *, digest: bool = False) -> None:
+    An upload expected to be large (`expected_bytes`, e.g. its Content-Length) is checked in a
+    process of its own while this one stores it (`upload_check_process.py`), when one of the
+    `check_processes` is free; a line's error is then raised by a later call, still the first one."""
+
+    def __init__(self, writer, limits: UploadLimits, *, digest: bool = False, expected_bytes: int = 0,
+                 check_processes: int = 0) -> None:
         self.writer, self.limits = writer, limits
         self.sha256 = hashlib.sha256() if digest else None
-        self.validator = LineValidator()
-        self._rest = b""
-        self._lines = 0
+        line_limits = LineLimits(limits.max_line_bytes, limits.max_lines)
+        self.check = LineCheck(line_limits)
+        process = POOL.lease(check_processes) if expected_bytes >= REMOTE_CHECK_FROM else None
+        if process is not None:
+            try:
+                self.check = RemoteLineCheck(process, line_limits, POOL)
+            except CheckProcessBroken:  # it died before its first block: checked here instead
+                POOL.release(process, healthy=False)
 
     def feed(self, block: bytes) -> None:
         self.writer.write(block)
         limits = self.limits
         if self.writer.bytes > limits.max_bytes:
-            raise APIError(413, f"File is larger than the limit of {limits.max_bytes} bytes.", param="file",
-                           code="file_too_large")
+            self._settled(APIError(413, f"File is larger than the limit of {limits.max_bytes} bytes.", param="file",
+                                   code="file_too_large"))
         if limits.quota_left is not None and self.writer.bytes > limits.quota_left:
-            raise quota_exceeded(limits.quota)
+            self._settled(quota_exceeded(limits.quota))
         if self.sha256 is not None:
             self.sha256.update(block)
-        lines = block.split(b"\n")
-        lines[0] = self._rest + lines[0]
-        self._rest = lines.pop()
-        self._count(lines)
-        if len(self._rest) > limits.max_line_bytes:
-            self._line_too_long(self._lines + 1)
-        self._check(lines)
+        with _as_api_error():
+            self.check.feed(block)
 
     def finish(self) -> DataSummary:
-        if self._rest:
-            self._count([self._rest])
-            self._check([self._rest])
-            self._rest = b""
-        return self._check(None)
+        with _as_api_error():
+            return self.check.finish()
 
-    def _count(self, lines: list[bytes]) -> None:
-        limit = self.limits.max_line_bytes
-        if lines and max(map(len, lines)) > limit:  # (at C speed; the loop only finds which line)
-            self._line_too_long(self._lines + next(i for i, line in enumerate(lines, 1) if len(line) > limit))
-        self._lines += len(lines)
-        if self._lines > self.limits.max_lines:
-            raise invalid(f"Invalid file format for fine-tuning: more than the limit of {self.limits.max_lines} "
-                          "lines.", param="file", code="too_many_lines")
+    def close(self) -> None:
+        self.check.close()
 
-    def _line_too_long(self, number: int) -> None:
-        raise invalid(f"Invalid file format for fine-tuning: line {number}: longer than the limit of "
-                      f"{self.limits.max_line_bytes} bytes.", param="file", code="line_too_long")
+    def _settled(self, error: APIError) -> None:
+        """Raise `error`, unless a line already fed (and maybe still being checked elsewhere) was bad."""
+        with _as_api_error():
+            self.check.settle()
+        raise error
 
-    def _check(self, lines: list[bytes] | None) -> DataSummary | None:
-        try:
-            if lines is None:
-                return self.validator.finish()
-            self.validator.feed(lines)
-        except InvalidExample as exc:
-            where = f"line {exc.line}: " if exc.line else ""
-            raise invalid(f"Invalid file format for fine-tuning: {where}{exc.reason}", param="file",
-                          code="invalid_file_format") from None
-        return None
+
+@contextmanager
+def _as_api_error():
+    try:
+        yield
+    except UploadCheckError as exc:
+        raise invalid(exc.message, param="file", code=exc.code) from None
+    except CheckProcessBroken as exc:
+        logging.getLogger("whetstone.files").error("upload check failed: %s", exc)
+        raise APIError(500, "The file could not be checked; send it again.", type="server_error",
+                       code="upload_check_failed") from None
 
 
 def check_purpose(purpose: str) -> None:
@@ -157,17 +161,23 @@ def file_row(caller: Caller, file_id: str, key: str, filename: str, purpose: str
 
 
 def create_file(session: Session, storage: Storage, caller: Caller, *, upload: BinaryIO,
-                filename: str, purpose: str, limits: UploadLimits, with_row=None) -> File:
+                filename: str, purpose: str, limits: UploadLimits, with_row=None, expected_bytes: int = 0,
+                check_processes: int = 0) -> File:
     """A file from a readable stream (the Uploads API's assembled parts); the content is only
     parsed as JSON lines, never executed or unpickled. `with_row(row)`, if given, runs just before
-    the commit, so what it changes is committed together with the file."""
+    the commit, so what it changes is committed together with the file. `expected_bytes` and
+    `check_processes`: as for FileSink."""
     check_purpose(purpose)
     file_id, key = new_file(caller)
     with storage.writer(key) as writer:
-        sink = FileSink(writer, limits)
-        while chunk := upload.read(CHUNK):
-            sink.feed(chunk)
-        row = file_row(caller, file_id, key, filename, purpose, writer.bytes, sink.finish())
+        sink = FileSink(writer, limits, expected_bytes=expected_bytes, check_processes=check_processes)
+        try:
+            while chunk := upload.read(4 * CHUNK):
+                sink.feed(chunk)
+            summary = sink.finish()
+        finally:
+            sink.close()
+        row = file_row(caller, file_id, key, filename, purpose, writer.bytes, summary)
         if with_row is not None:
             with_row(row)
         commit_with_file(session, storage, writer, key, row)

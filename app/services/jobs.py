@@ -30,11 +30,26 @@ def short_id(job_id: str) -> str:
     return job_id.removeprefix("ftjob-")[:8]
 
 
-def fine_tuned_model_name(job: FineTuningJob, org: str) -> str:
+def fine_tuned_model_name(job: FineTuningJob, org: str, *, same_second_before: bool = False) -> str:
+    """`same_second_before`: a legacy job of this project, model and suffix was created earlier in the
+    same second (`legacy_name_taken`); the legacy name would be that job's, so its short id is added."""
     if job.legacy is not None:  # created through /v1/fine-tunes: the legacy name
         stamp = datetime.fromtimestamp(job.created_at, timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
-        return f"{job.model}:ft-{org}:{job.suffix}-{stamp}" if job.suffix else f"{job.model}:ft-{org}-{stamp}"
+        name = f"{job.model}:ft-{org}:{job.suffix}-{stamp}" if job.suffix else f"{job.model}:ft-{org}-{stamp}"
+        return f"{name}-{short_id(job.id)}" if same_second_before else name
     return f"ft:{job.model}:{org}:{job.suffix or ''}:{short_id(job.id)}"
+
+
+def legacy_name_taken(session: Session, job: FineTuningJob) -> bool:
+    """Whether an earlier legacy job would have this one's legacy model name (same project, model,
+    suffix and creation second): decided by the rows alone, so every run of the job agrees."""
+    if job.legacy is None:
+        return False
+    earlier = session.scalars(scoped(FineTuningJob, job.project_pk, FineTuningJob.legacy).where(
+        FineTuningJob.model == job.model,
+        FineTuningJob.suffix.is_not_distinct_from(job.suffix), FineTuningJob.created_at == job.created_at,
+        FineTuningJob.pk < job.pk))
+    return any(legacy is not None for legacy in earlier)  # (a JSON column: None may be stored as JSON null)
 
 
 def to_wire(job: FineTuningJob) -> FineTuningJobWire:

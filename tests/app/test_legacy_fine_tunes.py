@@ -84,6 +84,25 @@ def test_legacy_fine_tune_trains_with_legacy_shapes_names_and_results(api, setti
     assert [f["id"] for f in listed["data"]] == [fine_tune["id"]] and listed["data"][0].get("events") is None
 
 
+def test_two_legacy_fine_tunes_created_in_the_same_second_both_get_a_model(api, settings):
+    """The legacy name carries the creation second; a second job of that second gets its short id too."""
+    training = api.upload(completion_jsonl(10)).json()["id"]
+    jobs = [create(api, training_file=training, n_epochs=1).json()["id"] for _ in range(2)]
+    with session_scope(settings.resolved_database_url) as session:
+        session.execute(update(FineTuningJob).where(FineTuningJob.id.in_(jobs)).values(created_at=1700000000))
+    names = []
+    for job in jobs:
+        run_job(settings, job)
+        done = api.get(f"/v1/fine-tunes/{job}").json()
+        assert done["status"] == "succeeded", done
+        names.append(done["fine_tuned_model"])
+    assert re.fullmatch(rf"{TINY}:ft-p[0-9a-f]{{10}}-2023-11-14-22-13-20", names[0])
+    assert names[1] == f"{names[0]}-{jobs[1].removeprefix('ftjob-')[:8]}"
+    for name in names:  # each one answers
+        response = api.post("/v1/completions", json={"model": name, "prompt": "Double 3:", "max_tokens": 2})
+        assert response.status_code == 200, response.text
+
+
 def test_legacy_defaults_and_stream(api, settings):
     training = api.upload(completion_jsonl(10)).json()["id"]
     fine_tune = create(api, training_file=training).json()

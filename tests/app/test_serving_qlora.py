@@ -19,13 +19,23 @@ TOKENS = 12
 
 
 def _greedy(model, tokenizer, prompt: str) -> tuple[list[int], list[int], str]:  # noqa: ANN001
+    prompt_ids, completion, _ = _greedy_logprobs(model, tokenizer, prompt)
+    return prompt_ids, completion, tokenizer.decode(completion, skip_special_tokens=True)
+
+
+def _greedy_logprobs(model, tokenizer, prompt: str) -> tuple[list[int], list[int], list[float]]:  # noqa: ANN001
+    """Greedy `generate`, and each chosen token's log-probability as decoding computed it: one token
+    at a time on the cache, as the service decodes (bitsandbytes' 4-bit kernels for one row differ
+    from those for a whole sequence by up to ~1e-2 on AVX-512 CPUs)."""
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
     ids = torch.tensor([prompt_ids])
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=TOKENS,
-                             do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    completion = out[0, len(prompt_ids):].tolist()
-    return prompt_ids, completion, tokenizer.decode(completion, skip_special_tokens=True)
+                             do_sample=False, pad_token_id=tokenizer.eos_token_id, output_logits=True,
+                             return_dict_in_generate=True)
+    completion = out.sequences[0, len(prompt_ids):].tolist()
+    logprobs = [float(torch.log_softmax(step[0].float(), dim=-1)[token]) for step, token in zip(out.logits, completion)]
+    return prompt_ids, completion, logprobs
 
 
 def test_a_qlora_fine_tune_answers_from_its_4bit_base(api, settings, tiny_model_dir):
@@ -44,8 +54,8 @@ def test_a_qlora_fine_tune_answers_from_its_4bit_base(api, settings, tiny_model_
     # What plain transformers + PEFT answer: the adapter on a 4-bit-loaded base, and (for contrast)
     # the same adapter on the full-precision base; the base model and a plain LoRA adapter in full precision.
     nf4, tokenizer = reference_model(tiny_model_dir, adapter, "nf4")
-    prompt_ids, completion, expected = _greedy(nf4, tokenizer, PROMPT)
-    on_nf4 = reference_logprobs(nf4, prompt_ids, completion)
+    prompt_ids, completion, on_nf4 = _greedy_logprobs(nf4, tokenizer, PROMPT)
+    expected = tokenizer.decode(completion, skip_special_tokens=True)
     on_full = reference_logprobs(reference_model(tiny_model_dir, adapter)[0], prompt_ids, completion)
     expected_base = _greedy(*reference_model(tiny_model_dir, None), PROMPT)[2]
     expected_plain = _greedy(*reference_model(tiny_model_dir, plain_adapter), PROMPT)[2]
@@ -70,8 +80,10 @@ def test_a_qlora_fine_tune_answers_from_its_4bit_base(api, settings, tiny_model_
         assert qlora["usage"]["completion_tokens"] == len(completion)
         served = qlora["choices"][0]["logprobs"]["token_logprobs"]
         # The served numbers are those of the 4-bit base with the adapter, not of the full-precision one.
-        assert max(abs(a - b) for a, b in zip(served, on_nf4, strict=True)) < 1e-3
-        assert max(abs(a - b) for a, b in zip(served, on_full, strict=True)) > 1e-2
+        # (Not to 1e-3: on AVX-512 CPUs bitsandbytes' 4-bit kernels give a batch of two rows results that
+        # differ from one row's by up to ~1e-2, and the service may batch the two requests for this model.)
+        assert max(abs(a - b) for a, b in zip(served, on_nf4, strict=True)) < 2e-2
+        assert max(abs(a - b) for a, b in zip(served, on_full, strict=True)) > 1e-1
         assert base["choices"][0]["text"] == expected_base and plain["choices"][0]["text"] == expected_plain
         assert answers[3].status_code == 200  # the job's checkpoint is served on the 4-bit base too
         kinds = sorted({type(s.model.model.layers[0].self_attn.q_proj).__name__ for s in app.state.engine.loaded()})

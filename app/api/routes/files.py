@@ -45,8 +45,11 @@ async def upload_file(
     file_id, storage_key = service.new_file(caller)
     writer = storage.writer(storage_key)
     await run_in_threadpool(writer.__enter__)
+    sink = None
     try:
-        sink = service.FileSink(writer, limits, digest=bool(key))
+        sink = await run_in_threadpool(service.FileSink, writer, limits, digest=bool(key),  # (may start a process)
+                                       expected_bytes=_content_length(request),
+                                       check_processes=settings.upload_check_processes)
 
         def purpose_first(form: Form) -> None:  # sent before the file (as the SDKs do): refuse at once
             if "purpose" in form.fields:
@@ -65,7 +68,16 @@ async def upload_file(
         return await run_in_threadpool(_store_upload, settings, storage, caller, sink, file_id, storage_key,
                                        form.filename, purpose, key)
     finally:
+        if sink is not None:
+            await run_in_threadpool(sink.close)
         await run_in_threadpool(writer.__exit__, None, None, None)
+
+
+def _content_length(request: Request) -> int:
+    try:
+        return int(request.headers.get("content-length", "0"))
+    except ValueError:
+        return 0
 
 
 def _limits(settings: Settings, caller: Caller, key: str | None) -> service.UploadLimits:

@@ -135,8 +135,20 @@ export function render(root, { id }) {
     }
   }
 
+  // A lifecycle event (files validated, started, a checkpoint, finished) changes what the summary
+  // shows: read the job again at once, not only at the next poll (one read at a time).
+  let refreshing = null, again = false;
+  function refreshSoon() {
+    if (refreshing) { again = true; return; }
+    refreshing = refresh().finally(() => {
+      refreshing = null;
+      if (again) { again = false; refreshSoon(); }
+    });
+  }
+
   function addEvent(event) {
     if (event.type === "metrics" && event.data) chart.add(event.data);
+    else refreshSoon();
     log.prepend(h(`div.${event.level}`, { dataset: { eventType: event.type } },
       `${new Date(event.created_at * 1000).toLocaleTimeString()}  ${event.message}`));
   }
