@@ -110,9 +110,9 @@ class Settings(BaseSettings):
     max_upload_line_bytes: int = 4 << 20
     max_upload_lines: int = 1_000_000
     # Processes that check large uploads' lines while the API process stores the bytes, each on a core
-    # of its own (app/services/upload_check_process.py); 0: checked in the API process. Default: one
-    # per core beyond the first, at most 4.
-    upload_check_processes: int = max(0, min(4, (os.cpu_count() or 1) - 1))
+    # of its own (app/services/upload_check_process.py); 0: checked in the API process; -1: one per
+    # core beyond the first, at most 4 (`resolved_upload_check_processes`).
+    upload_check_processes: int = -1
     # Bytes of files (uploads and results) one project may keep (0: no limit).
     max_storage_bytes_per_project: int = 50 << 30
     # Jobs of one project waiting to run (validating_files/queued/paused) beyond which create gets 429 (0: no limit).
@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     sse_send_timeout: float = 30.0
     # Seconds a stream lives at most; the client reconnects with Last-Event-ID (0: no limit).
     sse_max_stream_seconds: float = 3600.0
+
+    @property
+    def resolved_upload_check_processes(self) -> int:
+        if self.upload_check_processes >= 0:
+            return self.upload_check_processes
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
 
     @property
     def resolved_data_dir(self) -> Path:

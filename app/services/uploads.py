@@ -142,7 +142,7 @@ def complete_upload(session: Session, storage: Storage, settings: Settings, call
     file_service.create_file(session, storage, caller, upload=PartsReader(storage, ordered),
                              filename=upload.filename, purpose=upload.purpose, limits=limits,
                              with_row=completed, expected_bytes=upload.bytes,
-                             check_processes=settings.upload_check_processes)
+                             check_processes=settings.resolved_upload_check_processes)
     _drop_parts(storage, ordered)
     return upload
 

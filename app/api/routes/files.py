@@ -49,7 +49,7 @@ async def upload_file(
     try:
         sink = await run_in_threadpool(service.FileSink, writer, limits, digest=bool(key),  # (may start a process)
                                        expected_bytes=_content_length(request),
-                                       check_processes=settings.upload_check_processes)
+                                       check_processes=settings.resolved_upload_check_processes)
 
         def purpose_first(form: Form) -> None:  # sent before the file (as the SDKs do): refuse at once
             if "purpose" in form.fields:
