@@ -12,7 +12,8 @@ References, measured in each round right before the upload, on the same file:
 Each copy and each uploaded file is deleted after its round, so every round starts alike (on a VM,
 writing into memory the guest has not used yet costs several times more than reusing it).
 The baseline for the upload check process: the same upload to a second server that checks the
-lines in the API process (WHETSTONE_UPLOAD_CHECK_PROCESSES=0), in the same rounds.
+lines in the API process (WHETSTONE_UPLOAD_CHECK_PROCESSES=0), in the same rounds. During each
+upload another client lists files every 20 ms: its latency is what the upload costs everyone else.
 The client is curl (`-F file=@...`). The servers are real `whetstone serve` processes on a fresh
 Postgres database; a server's CPU time counts its upload check process too, and its RSS is sampled
 every 20 ms (goal: growth < 64 MB). The generated file is kept under --cache-dir for the next run.
@@ -32,7 +33,8 @@ import threading
 import time
 from pathlib import Path
 
-from common import api_server, base_models_dir, fresh_database, load, rss_bytes
+import httpx
+from common import api_server, base_models_dir, fresh_database, load, percentile, rss_bytes
 
 WORDS = ("the model learns to answer questions about invoices shipping returns refunds and warranty terms "
          "politely in one or two sentences citing the policy number when it is known").split()
@@ -113,6 +115,21 @@ class RssSampler(threading.Thread):
             time.sleep(0.02)
 
 
+class LatencyProbe(threading.Thread):
+    """Another client of the same server meanwhile: `GET /v1/files?limit=1` every 20 ms, timed."""
+
+    def __init__(self, server) -> None:
+        super().__init__(daemon=True)
+        self.server, self.times, self.stop = server, [], threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.server.base, headers={"Authorization": f"Bearer {self.server.key}"}) as http:
+            while not self.stop.wait(0.02):
+                started = time.perf_counter()
+                http.get("/files", params={"limit": 1}).raise_for_status()
+                self.times.append(time.perf_counter() - started)
+
+
 def references(path: Path, mb: float, data_dir: Path) -> dict:
     row: dict = {}
     if drop_page_cache():
@@ -128,8 +145,9 @@ def upload(server, path: Path, mb: float, actual: int) -> dict:
     """One upload through curl, measured; its file deleted again afterwards."""
     rss_before, cpu_before = rss_bytes(server.pid), tree_cpu(server.pid)
     curl_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sampler = RssSampler(server.pid)
+    sampler, probe = RssSampler(server.pid), LatencyProbe(server)
     sampler.start()
+    probe.start()
     out = server.data_dir / "response.json"
     started = time.perf_counter()
     status = subprocess.run(
@@ -140,7 +158,9 @@ def upload(server, path: Path, mb: float, actual: int) -> dict:
     cpu_after = tree_cpu(server.pid)
     curl_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     sampler.stop.set()
+    probe.stop.set()
     sampler.join()
+    probe.join()
     body = json.loads(out.read_text())
     assert status == "200" and body.get("bytes") == actual, (status, body)
     subprocess.run(["curl", "-sS", "-o", "/dev/null", "-X", "DELETE", "-H", f"Authorization: Bearer {server.key}",
@@ -149,7 +169,8 @@ def upload(server, path: Path, mb: float, actual: int) -> dict:
             "server CPU s": sum(cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items()),
             "API process CPU s": cpu_after[server.pid] - cpu_before[server.pid],
             "curl CPU s": (curl_after.ru_utime + curl_after.ru_stime) - (curl_before.ru_utime + curl_before.ru_stime),
-            "RSS growth MiB": (sampler.peak - rss_before) / 2**20}
+            "RSS growth MiB": (sampler.peak - rss_before) / 2**20,
+            "list p50 ms": 1000 * percentile(probe.times, 50), "list p99 ms": 1000 * percentile(probe.times, 99)}
 
 
 def main() -> None:
@@ -170,6 +191,13 @@ def main() -> None:
     with (base_models_dir() as models, fresh_database() as url,
           api_server(url, models, **caps, upload_check_processes="1") as apart,
           api_server(url, models, **caps, upload_check_processes="0") as inside):
+        idle = LatencyProbe(apart)
+        idle.start()
+        time.sleep(2)
+        idle.stop.set()
+        idle.join()
+        print(f"GET /v1/files with no upload running: p50 {1000 * percentile(idle.times, 50):.1f} ms, "
+              f"p99 {1000 * percentile(idle.times, 99):.1f} ms", flush=True)
         for number in range(1, args.rounds + 1):
             row = references(path, mb, apart.data_dir)
             row["upload"] = upload(apart, path, mb, actual)
@@ -189,14 +217,20 @@ def main() -> None:
     for key in ("upload", "upload, checked in the API process"):
         print(f"  {key + ':':40s} {median(lambda r: r[key]['MB/s']):6.0f} MB/s; server CPU "
               f"{median(lambda r: r[key]['server CPU s']):.2f} s (API process "
-              f"{median(lambda r: r[key]['API process CPU s']):.2f} s), curl {median(lambda r: r[key]['curl CPU s']):.2f} s")
+              f"{median(lambda r: r[key]['API process CPU s']):.2f} s), curl {median(lambda r: r[key]['curl CPU s']):.2f} s;"
+              f" meanwhile GET /v1/files p50 {median(lambda r: r[key]['list p50 ms']):.1f} ms, "
+              f"p99 {median(lambda r: r[key]['list p99 ms']):.1f} ms")
     print("ratios (median of the rounds' own):")
     print(f"  upload / cp + sync:     {median(lambda r: r['upload']['MB/s'] / r['cp + sync']):.3f}x  (goal >= 0.5)")
     for key in ("cold cat", "cat"):
         if key in rows[0]:
             print(f"  upload / {key + ':':14s} {median(lambda r: r['upload']['MB/s'] / r[key]):.3f}x")
+    inside = "upload, checked in the API process"
     print(f"  upload / upload checked in the API process: "
-          f"{median(lambda r: r['upload']['MB/s'] / r['upload, checked in the API process']['MB/s']):.3f}x")
+          f"{median(lambda r: r['upload']['MB/s'] / r[inside]['MB/s']):.3f}x in MB/s, "
+          f"{median(lambda r: r['upload']['API process CPU s'] / r[inside]['API process CPU s']):.3f}x in the API "
+          f"process's CPU, {median(lambda r: r['upload']['list p99 ms'] / r[inside]['list p99 ms']):.3f}x in the "
+          "other client's p99")
     growth = max(max(r[k]["RSS growth MiB"] for k in ("upload", "upload, checked in the API process")) for r in rows)
     print(f"server RSS growth: {growth:.1f} MiB at most  (goal < 64)")
     print(f"after: {load()}")
