@@ -19,9 +19,11 @@ from app.services.event_bus import configure_publisher
 from app.services.inference import InferenceEngine
 from app.services.stream_limits import DropSlowReaders, StreamSlots
 from app.services.storage import storage_for
+from app.services.upload_check_process import POOL as UPLOAD_CHECKS
 
 
-def _background_senders(settings: Settings):
+def _lifespan(settings: Settings):
+    """The webhook sender runs while the app does; the idle upload check processes end with it."""
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         from app.services.webhook_sender import WebhookSender
@@ -30,6 +32,7 @@ def _background_senders(settings: Settings):
         yield
         if sender is not None:
             sender.stop()
+        UPLOAD_CHECKS.close()  # the idle upload check processes end (and are waited for) with the app
 
     return lifespan
 
@@ -38,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
     app = FastAPI(title="Whetstone", version="0.1.0", description="Self-hosted fine-tuning, OpenAI-compatible API",
-                  lifespan=_background_senders(settings))
+                  lifespan=_lifespan(settings))
     app.state.settings = settings
     app.state.storage = storage_for(settings, "files")
     app.state.engine = InferenceEngine(settings)
