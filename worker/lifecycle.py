@@ -30,11 +30,16 @@ def preload_training(**_: object) -> None:
     """Import torch and transformers once, in the parent: each job runs in a freshly forked pool
     process (max_tasks_per_child=1), which then starts with them loaded instead of spending seconds
     importing them before the job's first event (bench/dispatch.py). Importing these two starts no
-    thread and touches no GPU, so forking after it is safe. Not peft: it imports bitsandbytes, which
-    initialises CUDA on a GPU host, and a forked child could then never use CUDA
+    thread and touches no GPU, so forking after it is safe. Not peft where torch has CUDA: peft
+    imports bitsandbytes, which initialises CUDA on a GPU host, and a forked child could then never
+    use CUDA. A CPU-only torch build has no CUDA to initialise, so there the parent imports the
+    training loop too (peft, bitsandbytes: about 2 s that each job would spend otherwise)
     (tests/worker/test_preload.py)."""
-    import torch  # noqa: F401
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401 - resolves the lazy modules
+
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        import worker.training.loop  # noqa: F401
 
 
 @worker_init.connect
