@@ -70,22 +70,28 @@ def make_jsonl(path: Path, size: int) -> Path:
     return path
 
 
-def cpu_seconds(pid: int) -> float:
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (field 3, the state, comes first)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(fields: list[str]) -> float:
     """User + system CPU time of a process so far (load-independent, unlike wall time)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of a process and of its children (the server's upload check processes), by pid."""
-    out = {pid: cpu_seconds(pid)}
+    out = {pid: cpu_seconds(stat_fields(pid))}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
-                    out[int(entry)] = cpu_seconds(int(entry))
+                fields = stat_fields(int(entry))
             except OSError:  # gone meanwhile
-                pass
+                continue
+            if int(fields[1]) == pid:
+                out[int(entry)] = cpu_seconds(fields)
     return out
 
 

@@ -135,8 +135,9 @@ export function render(root, { id }) {
     }
   }
 
+  // Every read of the job goes through here, one at a time (a read asked for meanwhile follows it).
   // A lifecycle event (files validated, started, a checkpoint, finished) changes what the summary
-  // shows: read the job again at once, not only at the next poll (one read at a time).
+  // shows, so it reads the job again at once, not only at the next poll.
   let refreshing = null, again = false;
   function refreshSoon() {
     if (refreshing) { again = true; return; }
@@ -164,7 +165,7 @@ export function render(root, { id }) {
           if (message.data === "[DONE]") {
             streamState.textContent = "finished";
             chart.draw();
-            refresh();
+            refreshSoon();
             return;
           }
           if (message.id) lastEventId = message.id;
@@ -181,10 +182,10 @@ export function render(root, { id }) {
 
   // Draw at most a few times a second however fast events come; poll the job while it runs.
   const drawTimer = setInterval(() => chart.draw(), 250);
-  const pollTimer = setInterval(() => { if (!job || !TERMINAL.has(job.status)) refresh(); }, 2000);
+  const pollTimer = setInterval(() => { if (!job || !TERMINAL.has(job.status)) refreshSoon(); }, 2000);
   const onResize = () => chart.resize();
   window.addEventListener("resize", onResize);
-  refresh();
+  refreshSoon();
   follow();
   return () => {
     controller.abort();
