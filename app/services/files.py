@@ -84,9 +84,9 @@ class FileSink:
     `close` (always) hands back what the check held. With `digest`, the sha256 of the bytes is kept
     too (Idempotency-Key).
 
-    An upload expected to be large (`expected_bytes`, e.g. its Content-Length) is checked in a
-    process of its own while this one stores it (`upload_check_process.py`), when one of the
-    `check_processes` is free; a line's error is then raised by a later call, still the first one."""
+    An upload expected to be large (`expected_bytes`, e.g. its Content-Length) is checked in
+    processes of their own while this one stores it (`upload_check_process.py`), when some of the
+    `check_processes` are free; a line's error is then raised by a later call, still the first one."""
 
     def __init__(self, writer, limits: UploadLimits, *, digest: bool = False, expected_bytes: int = 0,
                  check_processes: int = 0) -> None:
@@ -94,12 +94,9 @@ class FileSink:
         self.sha256 = hashlib.sha256() if digest else None
         line_limits = LineLimits(limits.max_line_bytes, limits.max_lines)
         self.check = LineCheck(line_limits)
-        process = POOL.lease(check_processes) if expected_bytes >= REMOTE_CHECK_FROM else None
-        if process is not None:
-            try:
-                self.check = RemoteLineCheck(process, line_limits, POOL)
-            except CheckProcessBroken:  # it died before its first block: checked here instead
-                POOL.release(process, healthy=False)
+        processes = POOL.lease_some(check_processes) if expected_bytes >= REMOTE_CHECK_FROM else []
+        if processes:
+            self.check = RemoteLineCheck(processes, line_limits, POOL)
 
     def feed(self, block: bytes) -> None:
         self.writer.write(block)

@@ -1,9 +1,18 @@
 """The line check of an uploaded file: its bytes in order, in blocks of any size, split into lines
 and each line checked as an example (`worker.training.validation`).
 
+The lines are checked in blocks of whole lines, each block on its own (`check_lines`): its verdict
+is its number of lines, the format and line of its first example, its count of examples and its
+first error, its lines numbered from its own start. Merged in the file's order (`Verdicts`), the
+blocks' verdicts give the file's: the first error in the file, with the file's line number; the
+format of its first example (a later block whose first example has another format is refused at
+that line); the number of examples; the limit on the number of lines. So blocks can be checked
+anywhere and several at once, by processes that know nothing of the blocks before
+(`upload_check_process.py`); `LineCheck` checks each here, as it comes.
+
 Light on purpose (the standard library, msgspec and the validation rules): it runs in the API
-process for small uploads and in a process of its own for large ones
-(`upload_check_process.py`), which must start fast and stay small.
+process for small uploads and in processes of their own for large ones, which must start fast
+and stay small.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.training.validation import DataSummary, InvalidExample, LineValidator
+
+BAD_FORMAT = "Invalid file format for fine-tuning: "
 
 
 class UploadCheckError(ValueError):
@@ -27,26 +38,96 @@ class LineLimits:
     max_lines: int
 
 
-class LineCheck:
-    """Each block's complete lines checked as it comes; the last, unfinished line waits for the next
-    block and is refused as soon as it outgrows the line limit, so a huge line is never held whole.
-    Raises UploadCheckError for a bad example, a line too long or too many lines; `finish` gives
-    the summary. (`settle` and `close` are there for `RemoteLineCheck`, which has this interface.)"""
+@dataclass(frozen=True)
+class BlockVerdict:
+    """A block checked on its own; its line numbers count from its own first line (1)."""
+    lines: int
+    format: str | None  # the format of the block's first example; None: it has none
+    first: int  # that example's line
+    count: int  # examples in the block (up to its error)
+    error: tuple[str, int, str] | None  # the block's first error: (code, line, reason)
+
+
+def check_lines(lines: list[bytes], max_line_bytes: int) -> BlockVerdict:
+    """A block's lines (without their newlines), checked on their own: a line too long first (at C
+    speed), then each line as an example."""
+    validator = LineValidator()
+    error = None
+    if lines and max(map(len, lines)) > max_line_bytes:
+        number = 1 + next(i for i, line in enumerate(lines) if len(line) > max_line_bytes)
+        error = ("line_too_long", number, _too_long(max_line_bytes))
+    else:
+        try:
+            validator.feed(lines)
+        except InvalidExample as exc:
+            error = ("invalid_file_format", exc.line, exc.reason)
+    return BlockVerdict(len(lines), validator.format, validator.first_line, validator.n_examples, error)
+
+
+def _too_long(limit: int) -> str:
+    return f"longer than the limit of {limit} bytes."
+
+
+class Verdicts:
+    """Block verdicts, added in the file's order, merged into the file's: `add` raises
+    UploadCheckError at the file's first error (a line limit included), `summary` gives the format
+    and the count. `lines` is the number of lines merged so far."""
 
     def __init__(self, limits: LineLimits) -> None:
         self.limits = limits
-        self.validator = LineValidator()
+        self.format: str | None = None
+        self.n_examples = 0
+        self.lines = 0
+
+    def add(self, verdict: BlockVerdict) -> None:
+        errors = []  # (line in the block, code, reason): the first one in the file wins
+        if verdict.format is not None and self.format is not None and verdict.format != self.format:
+            errors.append((verdict.first, "invalid_file_format",
+                           f"{verdict.format} format, but the file started in {self.format} format"))
+        if verdict.error is not None:
+            code, line, reason = verdict.error
+            errors.append((line, code, reason))
+        if self.lines + verdict.lines > self.limits.max_lines:
+            errors.append((self.limits.max_lines + 1 - self.lines, "too_many_lines", None))
+        if errors:
+            line, code, reason = min(errors)
+            if code == "too_many_lines":
+                raise UploadCheckError(code, f"{BAD_FORMAT}more than the limit of {self.limits.max_lines} lines.")
+            raise UploadCheckError(code, f"{BAD_FORMAT}line {self.lines + line}: {reason}")
+        self.format = self.format or verdict.format
+        self.n_examples += verdict.count
+        self.lines += verdict.lines
+
+    def unfinished(self, size: int) -> None:
+        """The last line, not ended yet, has `size` bytes so far: refused as soon as it outgrows the
+        limit, so a huge line is never held whole."""
+        if size > self.limits.max_line_bytes:
+            raise UploadCheckError("line_too_long",
+                                   f"{BAD_FORMAT}line {self.lines + 1}: {_too_long(self.limits.max_line_bytes)}")
+
+    def summary(self) -> DataSummary:
+        if self.format is None:
+            raise UploadCheckError("invalid_file_format", f"{BAD_FORMAT}the file has no examples")
+        return DataSummary(format=self.format, n_examples=self.n_examples)
+
+
+class LineCheck:
+    """The check done here, a block at a time: each block's whole lines checked as it comes, the
+    unfinished last line kept for the next. Raises UploadCheckError at the first error; `finish`
+    gives the summary. (`settle` and `close` are there for `RemoteLineCheck`, which has this interface.)"""
+
+    def __init__(self, limits: LineLimits) -> None:
+        self.limits = limits
+        self.verdicts = Verdicts(limits)
         self._rest = b""
-        self._lines = 0
 
     def feed(self, block: bytes) -> None:
         lines = block.split(b"\n")
         lines[0] = self._rest + lines[0]
         self._rest = lines.pop()
-        self._count(lines)
-        if len(self._rest) > self.limits.max_line_bytes:
-            self._line_too_long(self._lines + 1)
-        self._check(lines)
+        if lines:
+            self.verdicts.add(check_lines(lines, self.limits.max_line_bytes))
+        self.verdicts.unfinished(len(self._rest))
 
     def settle(self) -> None:
         """Raise the first error of what was fed so far: here, `feed` already has."""
@@ -56,31 +137,6 @@ class LineCheck:
 
     def finish(self) -> DataSummary:
         if self._rest:
-            self._count([self._rest])
-            self._check([self._rest])
+            self.verdicts.add(check_lines([self._rest], self.limits.max_line_bytes))
             self._rest = b""
-        return self._check(None)
-
-    def _count(self, lines: list[bytes]) -> None:
-        limit = self.limits.max_line_bytes
-        if lines and max(map(len, lines)) > limit:  # (at C speed; the loop only finds which line)
-            self._line_too_long(self._lines + next(i for i, line in enumerate(lines, 1) if len(line) > limit))
-        self._lines += len(lines)
-        if self._lines > self.limits.max_lines:
-            raise UploadCheckError("too_many_lines", "Invalid file format for fine-tuning: more than the limit of "
-                                   f"{self.limits.max_lines} lines.")
-
-    def _line_too_long(self, number: int) -> None:
-        raise UploadCheckError("line_too_long", f"Invalid file format for fine-tuning: line {number}: longer than "
-                               f"the limit of {self.limits.max_line_bytes} bytes.")
-
-    def _check(self, lines: list[bytes] | None) -> DataSummary | None:
-        try:
-            if lines is None:
-                return self.validator.finish()
-            self.validator.feed(lines)
-        except InvalidExample as exc:
-            where = f"line {exc.line}: " if exc.line else ""
-            raise UploadCheckError("invalid_file_format",
-                                   f"Invalid file format for fine-tuning: {where}{exc.reason}") from None
-        return None
+        return self.verdicts.summary()

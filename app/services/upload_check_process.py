@@ -1,18 +1,19 @@
-"""A large upload's line check in a process of its own, so it runs on a core of its own.
+"""A large upload's line check in processes of their own, so it runs on cores of its own.
 
 The API process parses the request body, stores the bytes and keeps the byte limits; checking
-the lines (split, count, decode each example) costs as much again and, done in a thread of the
-API process, would share its interpreter lock. Here a long-lived child process (`python -m
-app.services.upload_check_process`, which imports only `upload_check.py`) gets the blocks through
-a pipe, in order, and runs the same `LineCheck` on them. A block's verdict comes back later than
-the block: the first error is raised by a later `feed`, by `settle` or by `finish`, never missed
-and never out of order (the child checks the blocks in the order they were sent). The pipe's
-capacity bounds what is in flight: a writer ahead of the child waits.
+the lines (split, decode each example) costs as much again and, done in a thread of the API
+process, would share its interpreter lock. Here long-lived children (`python -m
+app.services.upload_check_process`, which imports only `upload_check.py`) do it: the API process
+cuts the upload into blocks of whole lines (finding a block's last newline is all it does with
+its bytes) and deals them out in turn to the upload's children, at most PER_UPLOAD of them. Each block is checked on its own (`check_lines`), so the
+children need no state and work at once; their verdicts are merged in the file's order
+(`Verdicts`). A block's verdict comes back later than the block: the first error is raised by a
+later `feed`, by `settle` or by `finish`, never missed and never out of order. Each child's pipe
+bounds what is in flight: a writer ahead of its child waits.
 
-Wire (parent to child): a header (kind, payload length) and the payload. START carries the line
-limits, FEED a block, SYNC asks for the verdict so far, END for the summary. The child answers
-each SYNC and END with one JSON line, and sends one more, unasked, at the first error it finds;
-after that it drops the upload's blocks until its END.
+Wire (parent to child): a header (payload length, the line limit) and the payload, the block's
+lines. The child answers each block with one JSON line, its verdict: [lines, format, first
+example's line, examples, error], the lines numbered from the block's start.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ import struct
 import subprocess
 import sys
 import threading
+from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
-from app.services.upload_check import LineCheck, LineLimits, UploadCheckError
+from app.services.upload_check import BlockVerdict, LineLimits, UploadCheckError, Verdicts, check_lines
 from worker.training.validation import DataSummary
 
-HEADER = struct.Struct("<BQ")
-START, FEED, SYNC, END = range(4)
-LIMITS = struct.Struct("<QQ")
+HEADER = struct.Struct("<QQ")
 PIPE_BYTES = 1 << 20  # the pipe's capacity asked for (Linux allows up to /proc/sys/fs/pipe-max-size)
+# Children one upload uses at most: two check faster than one API process receives, and leave the
+# rest of the pool to the next concurrent upload.
+PER_UPLOAD = 2
 
 
 class CheckProcessBroken(RuntimeError):
@@ -43,35 +46,18 @@ class CheckProcessBroken(RuntimeError):
 
 # --- the child ---
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
-    check: LineCheck | None = None
-    failed = False
-
-    def say(message: dict) -> None:
-        out.write(json.dumps(message).encode() + b"\n")
-        out.flush()
-
     while len(header := inp.read(HEADER.size)) == HEADER.size:
-        kind, size = HEADER.unpack(header)
-        payload = inp.read(size)
-        if len(payload) < size:
+        size, max_line_bytes = HEADER.unpack(header)
+        data = inp.read(size)
+        if len(data) < size:
             return
-        try:
-            if kind == START:
-                check, failed = LineCheck(LineLimits(*LIMITS.unpack(payload))), False
-            elif kind == FEED and not failed:
-                check.feed(payload)
-            elif kind == SYNC:
-                say({"synced": True})
-            elif kind == END:
-                summary = None if failed else check.finish()
-                say({"done": None if summary is None else [summary.format, summary.n_examples]})
-                check = None
-        except UploadCheckError as exc:
-            failed = True
-            say({"failed": [exc.code, exc.message]})
-            if kind == END:
-                say({"done": None})
-                check = None
+        lines = data.split(b"\n")
+        if data.endswith(b"\n"):
+            lines.pop()
+        verdict = check_lines(lines, max_line_bytes)
+        out.write(json.dumps([verdict.lines, verdict.format, verdict.first, verdict.count, verdict.error]).encode()
+                  + b"\n")
+        out.flush()
 
 
 def main() -> None:
@@ -102,14 +88,16 @@ class CheckProcess:
             pass
         self._pending = b""
 
-    def send(self, kind: int, payload: bytes = b"") -> None:
+    def send(self, max_line_bytes: int, *parts: bytes | memoryview) -> None:
+        """One block, its lines given in `parts` (written one after another, not joined)."""
         try:
-            _write_all(self._inp, HEADER.pack(kind, len(payload)))
-            _write_all(self._inp, payload)
+            _write_all(self._inp, HEADER.pack(sum(map(len, parts)), max_line_bytes))
+            for part in parts:
+                _write_all(self._inp, part)
         except (BrokenPipeError, ValueError, OSError) as exc:
             raise CheckProcessBroken(f"the upload check process is gone ({exc})") from None
 
-    def message(self, wait: bool) -> dict | None:
+    def message(self, wait: bool) -> list | None:
         """The child's next message: None when `wait` is False and none has come yet."""
         while b"\n" not in self._pending:
             if not wait and not select.select([self._out], [], [], 0)[0]:
@@ -163,6 +151,13 @@ class CheckPool:
                 self._count -= 1
             return None
 
+    def lease_some(self, size: int, most: int = PER_UPLOAD) -> list[CheckProcess]:
+        """Up to `most` children (idle ones, or new ones while fewer than `size` exist); [] when all are busy."""
+        leased: list[CheckProcess] = []
+        while len(leased) < most and (process := self.lease(size)) is not None:
+            leased.append(process)
+        return leased
+
     def release(self, process: CheckProcess, healthy: bool) -> None:
         if healthy:
             with self._lock:
@@ -185,58 +180,77 @@ POOL = CheckPool()
 
 
 class RemoteLineCheck:
-    """`LineCheck`'s interface, run by a leased child. `settle` raises the first error of what was
-    fed so far (waiting for the child to get there); `close` hands the child back, always."""
+    """`LineCheck`'s interface, run by leased children: the blocks' whole lines are dealt out to
+    them in turn and their verdicts merged in order. `settle` raises the first error of what was fed
+    so far (waiting for the children to get there); `close` hands the children back, always."""
 
-    def __init__(self, process: CheckProcess, limits: LineLimits, pool: CheckPool) -> None:
-        self.process, self.pool = process, pool
+    def __init__(self, processes: list[CheckProcess], limits: LineLimits, pool: CheckPool) -> None:
+        self.processes, self.limits, self.pool = processes, limits, pool
+        self.verdicts = Verdicts(limits)
+        self.pending: deque[CheckProcess] = deque()  # who checks each block not yet merged, in file order
         self.error: UploadCheckError | None = None
-        self.ended = False
         self.healthy = True
-        self._call(lambda: process.send(START, LIMITS.pack(limits.max_line_bytes, limits.max_lines)))
+        self._rest = b""
+        self._sent = 0
 
     def feed(self, block: bytes) -> None:
         self._raise()
-        self._call(lambda: self.process.send(FEED, block))
-        self._call(self._take_unasked)
-        self._raise()
+        cut = block.rfind(b"\n") + 1
+        if cut:
+            self._send(self._rest, memoryview(block)[:cut])
+            self._rest = block[cut:]
+        else:
+            self._rest += block
+        self._merge(wait=False)
+        if len(self._rest) > self.limits.max_line_bytes:  # its number: once the lines before it are all counted
+            self.settle()
+            self._note(lambda: self.verdicts.unfinished(len(self._rest)))
 
     def settle(self) -> None:
-        self._call(lambda: (self.process.send(SYNC), self._until("synced")))
-        self._raise()
+        self._merge(wait=True)
 
     def finish(self) -> DataSummary:
         self._raise()
-        self._call(lambda: self.process.send(END))
-        self.ended = True
-        done = self._call(lambda: self._until("done"))
-        self._raise()
-        return DataSummary(format=done[0], n_examples=done[1])
+        if self._rest:
+            self._send(self._rest)
+            self._rest = b""
+        self.settle()
+        return self._note(self.verdicts.summary)
 
     def close(self) -> None:
-        if self.healthy and not self.ended:
-            try:
-                self.process.send(END)
-                self._until("done")
-            except CheckProcessBroken:
-                self.healthy = False
-        self.ended = True
-        self.pool.release(self.process, self.healthy)
+        """Wait for the verdicts still to come (so each child is ready for its next upload), and hand
+        the children back."""
+        try:
+            while self.healthy and self.pending:
+                self._call(lambda: self.pending.popleft().message(wait=True))
+        except CheckProcessBroken:
+            pass
+        for process in self.processes:
+            self.pool.release(process, self.healthy)
+        self.processes = []
 
-    def _take_unasked(self) -> None:
-        while (message := self.process.message(wait=False)) is not None:
-            self._note(message)
+    def _send(self, *parts: bytes | memoryview) -> None:
+        process = self.processes[self._sent % len(self.processes)]
+        self._call(lambda: process.send(self.limits.max_line_bytes, *parts))
+        self._sent += 1
+        self.pending.append(process)
 
-    def _until(self, kind: str):
-        while True:
-            message = self.process.message(wait=True)
-            self._note(message)
-            if kind in message:
-                return message[kind]
+    def _merge(self, wait: bool) -> None:
+        """Merge the verdicts that have come, in order (all of them, with `wait`); raise the first error."""
+        self._raise()
+        while self.pending:
+            reply = self._call(lambda: self.pending[0].message(wait))
+            if reply is None:
+                return
+            self.pending.popleft()
+            self._note(lambda: self.verdicts.add(BlockVerdict(*reply)))
 
-    def _note(self, message: dict) -> None:
-        if "failed" in message and self.error is None:
-            self.error = UploadCheckError(*message["failed"])
+    def _note(self, step):
+        try:
+            return step()
+        except UploadCheckError as exc:
+            self.error = exc
+            raise
 
     def _raise(self) -> None:
         if self.error is not None:

@@ -36,13 +36,7 @@ CASES = {
 
 
 def verdict(check, content: bytes, block: int):
-    try:
-        for i in range(0, len(content), block):
-            check.feed(content[i:i + block])
-        summary = check.finish()
-        return summary.format, summary.n_examples
-    except UploadCheckError as exc:
-        return exc.code, exc.message
+    return verdict_of_blocks(check, [content[i:i + block] for i in range(0, len(content), block)])
 
 
 @pytest.fixture
@@ -52,23 +46,76 @@ def pool():
     pool.close()
 
 
+EXPECTED = {  # what the check says of each case, wherever it runs and however the file is cut
+    "chat": ("chat", 120),
+    "completion, no final newline": ("completion", 150),
+    "preference": ("preference", 20),
+    "blank and CRLF lines": ("chat", 60),
+    "bad line far in": ("invalid_file_format", "line 101: messages[0].role must be one of"),
+    "mixed formats": ("invalid_file_format", "line 51: completion format, but the file started in chat format"),
+    "invalid JSON": ("invalid_file_format", "line 71: invalid JSON"),
+    "not UTF-8": ("invalid_file_format", "line 71: not valid UTF-8"),
+    "a line too long": ("line_too_long", "line 61: longer than the limit of 400 bytes"),
+    "an unfinished line too long": ("line_too_long", "line 61: longer than the limit of 400 bytes"),
+    "too many lines": ("too_many_lines", "more than the limit of 300 lines"),
+    "no examples": ("invalid_file_format", "the file has no examples"),
+}
+
+
+def said(outcome) -> tuple:
+    """A verdict as EXPECTED words it: the summary, or the error's code and the part of its message after the prefix."""
+    code, detail = outcome
+    return (code, detail) if isinstance(detail, int) else (code, detail.removeprefix("Invalid file format for fine-tuning: "))
+
+
+def test_every_case_has_its_expected_verdict():
+    assert EXPECTED.keys() == CASES.keys()
+
+
 @pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("block", [97, 4096])
-def test_the_check_process_gives_the_verdict_of_the_check_in_the_api_process(pool, name, block):
+@pytest.mark.parametrize("block", [97, 4096, 1 << 20])
+@pytest.mark.parametrize("children", [1, 2])
+def test_the_check_processes_give_the_verdict_of_the_check_in_the_api_process(pool, name, block, children):
     content = CASES[name]
     local = verdict(LineCheck(LIMITS), content, block)
-    remote_check = RemoteLineCheck(pool.lease(1), LIMITS, pool)
+    remote_check = RemoteLineCheck(pool.lease_some(children, children), LIMITS, pool)
     try:
+        assert len(remote_check.processes) == children
         remote = verdict(remote_check, content, block)
     finally:
         remote_check.close()
     assert remote == local
-    assert isinstance(local[1], int) == (name in ("chat", "completion, no final newline", "preference",
-                                                  "blank and CRLF lines"))
+    code, detail = said(local)
+    assert code == EXPECTED[name][0] and (detail == EXPECTED[name][1] if isinstance(detail, int)
+                                          else detail.startswith(EXPECTED[name][1])), local
+
+
+@pytest.mark.parametrize("children", [0, 1, 2])
+def test_a_block_that_starts_in_another_format_is_refused_at_its_first_line(pool, children):
+    """Blocks are checked on their own: the file's format is its first block's, and a block that
+    starts in another format is refused there, before any error of its own further on."""
+    blocks = [chat_jsonl(50), completion_jsonl(3) + BAD_ROLE, chat_jsonl(2)]
+    check = RemoteLineCheck(pool.lease_some(children, children), LIMITS, pool) if children else LineCheck(LIMITS)
+    try:
+        outcome = verdict_of_blocks(check, blocks)
+    finally:
+        check.close()
+    assert outcome == ("invalid_file_format", "Invalid file format for fine-tuning: line 51: completion format, "
+                       "but the file started in chat format")
+
+
+def verdict_of_blocks(check, blocks: list[bytes]):
+    try:
+        for block in blocks:
+            check.feed(block)
+        summary = check.finish()
+        return summary.format, summary.n_examples
+    except UploadCheckError as exc:
+        return exc.code, exc.message
 
 
 def test_an_early_bad_line_is_raised_by_a_later_call_with_its_own_number(pool):
-    check = RemoteLineCheck(pool.lease(1), LIMITS, pool)
+    check = RemoteLineCheck(pool.lease_some(2), LIMITS, pool)
     check.feed(chat_jsonl(3) + BAD_ROLE)
     with pytest.raises(UploadCheckError) as exc:
         for _ in range(50):  # later, good blocks: the first error still comes back, named by its line
@@ -79,12 +126,12 @@ def test_an_early_bad_line_is_raised_by_a_later_call_with_its_own_number(pool):
 
 
 def test_the_process_serves_the_next_upload_after_one_it_refused(pool):
-    first = pool.lease(1)
+    first = pool.lease_some(1)
     check = RemoteLineCheck(first, LIMITS, pool)
     check.feed(BAD_ROLE)  # refused midway; the upload gives up without a finish
     check.close()
-    again = pool.lease(1)
-    assert again is first and pool.lease(1) is None  # the pool's one process, handed back and busy again
+    again = pool.lease_some(1)
+    assert again == first and pool.lease_some(1) == []  # the pool's one process, handed back and busy again
     assert verdict(RemoteLineCheck(again, LIMITS, pool), chat_jsonl(12), 50) == ("chat", 12)
 
 
@@ -94,7 +141,7 @@ def test_a_dead_check_process_fails_its_upload_with_a_500_and_is_replaced(pool, 
     with AtomicWriter(tmp_path / "f.jsonl") as writer:
         sink = FileSink(writer, limits, expected_bytes=files.REMOTE_CHECK_FROM, check_processes=1)
         assert isinstance(sink.check, RemoteLineCheck)
-        dead = sink.check.process
+        dead = sink.check.processes[0]
         sink.feed(chat_jsonl(5))
         dead.proc.kill()
         dead.proc.wait()

@@ -135,6 +135,7 @@ class LineValidator:
 
     def __init__(self) -> None:
         self.format: str | None = None
+        self.first_line = 0  # the line of the first example (0: none yet)
         self.n_examples = 0
         self.line = 0
         self._fast = None
@@ -174,7 +175,7 @@ class LineValidator:
         except ValueError as exc:
             raise InvalidExample(number, str(exc)) from None
         if self.format is None:
-            self.format, self._fast = this, _FAST.get(this)  # preference pairs: the reference path only
+            self.format, self.first_line, self._fast = this, number, _FAST.get(this)  # preference pairs: the reference path only
         elif this != self.format:
             raise InvalidExample(number, f"{this} format, but the file started in {self.format} format")
         return True
