@@ -11,11 +11,12 @@ References, measured in each round right before the upload, on the same file:
 - `cat FILE > /dev/null` from the page cache: memory bandwidth, shown for scale.
 Each copy and each uploaded file is deleted after its round, so every round starts alike (on a VM,
 writing into memory the guest has not used yet costs several times more than reusing it).
-The baseline for the upload check process: the same upload to a second server that checks the
-lines in the API process (WHETSTONE_UPLOAD_CHECK_PROCESSES=0), in the same rounds. During each
+The baseline for the upload check processes (--check-processes, default 2): the same upload to a
+second server that checks the lines in the API process (WHETSTONE_UPLOAD_CHECK_PROCESSES=0), in
+the same rounds. During each
 upload another client lists files every 20 ms: its latency is what the upload costs everyone else.
 The client is curl (`-F file=@...`). The servers are real `whetstone serve` processes on a fresh
-Postgres database; a server's CPU time counts its upload check process too, and its RSS is sampled
+Postgres database; a server's CPU time counts its upload check processes too, and its RSS is sampled
 every 20 ms (goal: growth < 64 MB). The generated file is kept under --cache-dir for the next run.
 """
 
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import httpx
 from common import api_server, base_models_dir, fresh_database, load, percentile, rss_bytes
+
+from app.services.upload_check_process import PER_UPLOAD
 
 WORDS = ("the model learns to answer questions about invoices shipping returns refunds and warranty terms "
          "politely in one or two sentences citing the policy number when it is known").split()
@@ -184,18 +187,21 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=128, help="file size in MiB (the issue asks for 1024)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "whetstone-bench")
+    parser.add_argument("--check-processes", type=int, default=PER_UPLOAD,
+                        help=f"WHETSTONE_UPLOAD_CHECK_PROCESSES of the measured server (default {PER_UPLOAD}: "
+                        "as many as one upload uses)")
     args = parser.parse_args()
     size = args.size_mb << 20
     path = make_jsonl(args.cache_dir / f"upload-{args.size_mb}MB.jsonl", size)
     actual = path.stat().st_size
     mb = actual / 1e6
     print(f"file: {path} ({mb:.0f} MB, {sum(1 for _ in path.open('rb'))} lines)")
-    print(f"before: {load()}", flush=True)
+    print(f"before: {load()}; the measured server has {args.check_processes} upload check process(es)", flush=True)
     # The upload caps (issue 16) are not what is measured: room for this file's bytes and lines.
     caps = {"max_upload_bytes": str(2 * size + (1 << 20)), "max_upload_lines": str(2 * size // 100)}
     rows = []
     with (base_models_dir() as models, fresh_database() as url,
-          api_server(url, models, **caps, upload_check_processes="1") as apart,
+          api_server(url, models, **caps, upload_check_processes=str(args.check_processes)) as apart,
           api_server(url, models, **caps, upload_check_processes="0") as inside):
         idle = LatencyProbe(apart)
         idle.start()

@@ -110,8 +110,8 @@ class Settings(BaseSettings):
     max_upload_line_bytes: int = 4 << 20
     max_upload_lines: int = 1_000_000
     # Processes that check large uploads' lines while the API process stores the bytes, each on a core
-    # of its own (app/services/upload_check_process.py); 0: checked in the API process; -1: one per
-    # core beyond the first, at most 4 (`resolved_upload_check_processes`).
+    # of its own, two at most per upload (app/services/upload_check_process.py); 0: checked in the API
+    # process; -1: one per core beyond the first, at most 4 (`resolved_upload_check_processes`).
     upload_check_processes: int = -1
     # Bytes of files (uploads and results) one project may keep (0: no limit).
     max_storage_bytes_per_project: int = 50 << 30

@@ -182,17 +182,16 @@ class AtomicWriter:
     def write(self, data: bytes) -> None:
         assert self._fd is not None
         self.bytes += len(data)
-        if self._block is None:
-            _write_all(self._fd, data)
-            return
         view = memoryview(data)
-        while view:
+        while view and self._block is not None:
             n = min(len(view), DIRECT_BLOCK - self._fill)
             self._block[self._fill:self._fill + n] = view[:n]
             self._fill += n
             view = view[n:]
             if self._fill == DIRECT_BLOCK:
                 self._write_block()
+        if view:  # through the page cache (from the start, or since a direct write was refused)
+            _write_all(self._fd, view)
 
     def _write_block(self) -> None:
         try:
