@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # Where uploads, results, adapters and checkpoints live: a local directory under data_dir
     # (one machine, or a volume every host mounts) or an S3-compatible bucket (many hosts).
     storage_backend: Literal["local", "s3"] = "local"
+    # The local backend writes stored files past the page cache (O_DIRECT) where the file system allows
+    # it; false: through the page cache (for a network file system whose direct writes are slow).
+    storage_direct_io: bool = True
     s3_bucket: str = ""
     # Key prefix inside the bucket (e.g. "whetstone/"); areas "files/" and "jobs/" go under it.
     s3_prefix: str = ""

@@ -55,8 +55,8 @@ class Storage(Protocol):
 
 
 class LocalStorage:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, direct_io: bool = True) -> None:
+        self.root, self.direct_io = root, direct_io
 
     def path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -65,7 +65,7 @@ class LocalStorage:
         return path
 
     def writer(self, key: str) -> "AtomicWriter":
-        return AtomicWriter(self.path(key))
+        return AtomicWriter(self.path(key), direct_io=self.direct_io)
 
     def open(self, key: str) -> BinaryIO:
         return self.path(key).open("rb")
@@ -155,10 +155,10 @@ class AtomicWriter:
     the cache holds (a base model's weights) nor leaves it all for commit's fsync to write at the
     end, and its CPU cost is one copy into the aligned buffer. The tail, under one block, is written
     through the cache at commit. Where O_DIRECT is refused (tmpfs, some network or overlay file
-    systems) every write goes through the page cache."""
+    systems), or with `direct_io=False`, every write goes through the page cache."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, direct_io: bool = True) -> None:
+        self.path, self.direct_io = path, direct_io
         self.partial = path.with_name(path.name + ".partial")
         self._fd: int | None = None
         self._block: mmap.mmap | None = None  # page-aligned; None: writes go through the page cache
@@ -168,7 +168,7 @@ class AtomicWriter:
     def __enter__(self) -> "AtomicWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-        if O_DIRECT:
+        if O_DIRECT and self.direct_io:
             try:
                 self._fd = os.open(self.partial, flags | O_DIRECT, 0o644)
             except OSError:  # EINVAL: this file system does not do direct I/O
@@ -246,7 +246,7 @@ def storage_for(settings: Settings, area: Area) -> Storage:
         return _s3(s.s3_bucket, f"{s.s3_prefix}{area}/", s.s3_endpoint_url, s.s3_region,
                    s.s3_access_key_id, s.s3_secret_access_key.get_secret_value(),
                    str(s.resolved_data_dir / "cache" / area))
-    return LocalStorage(settings.storage_dir if area == "files" else settings.jobs_dir)
+    return LocalStorage(settings.storage_dir if area == "files" else settings.jobs_dir, settings.storage_direct_io)
 
 
 @lru_cache(maxsize=16)

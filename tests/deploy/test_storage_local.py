@@ -96,18 +96,23 @@ def test_a_stored_file_is_byte_for_byte_what_was_written_however_it_was_cut(tmp_
     assert [p.name for p in (tmp_path / "p").iterdir()] == ["f.jsonl"]
 
 
-def test_a_large_file_is_written_past_the_page_cache(tmp_path):
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_a_large_file_is_written_past_the_page_cache_unless_told_not_to(tmp_path, direct_io):
     """Only the tail (under one block) goes through the page cache: a big upload does not push out
-    what the cache holds. (`fincore` reads what of the file is in memory.)"""
-    files = LocalStorage(tmp_path)
+    what the cache holds. WHETSTONE_STORAGE_DIRECT_IO=false writes it all through the cache.
+    (`fincore` reads how much of the file is in memory.)"""
+    files = storage_for(Settings(data_dir=tmp_path, storage_direct_io=direct_io), "files")
     with files.writer("big") as writer:
         for _ in range(8):
             writer.write(b"x" * DIRECT_BLOCK)
         writer.write(b"tail")
         writer.commit()
-    resident = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(files.local_path("big"))],
-                              check=True, capture_output=True, text=True).stdout
-    assert int(resident) <= 64 << 10, resident  # 32 MiB written, the 4-byte tail's page (and a little readahead) cached
+    resident = int(subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
+                                   str(files.local_path("big"))], check=True, capture_output=True, text=True).stdout)
+    if direct_io:
+        assert resident <= 64 << 10  # 32 MiB written, the 4-byte tail's page (and a little readahead) cached
+    else:
+        assert resident > 8 * DIRECT_BLOCK
 
 
 @pytest.mark.parametrize("refused", ["open", "write"])
