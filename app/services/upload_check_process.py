@@ -5,11 +5,12 @@ the lines (split, decode each example) costs as much again and, done in a thread
 process, would share its interpreter lock. Here long-lived children (`python -m
 app.services.upload_check_process`, which imports only `upload_check.py`) do it: the API process
 cuts the upload into blocks of whole lines (finding a block's last newline is all it does with
-its bytes) and deals them out in turn to the upload's children, at most PER_UPLOAD of them. Each block is checked on its own (`check_lines`), so the
-children need no state and work at once; their verdicts are merged in the file's order
-(`Verdicts`). A block's verdict comes back later than the block: the first error is raised by a
-later `feed`, by `settle` or by `finish`, never missed and never out of order. Each child's pipe
-bounds what is in flight: a writer ahead of its child waits.
+its bytes) and deals them out in turn to the upload's children, at most PER_UPLOAD of them. Each
+block is checked on its own (`check_lines`), so the children need no state and work at once;
+their verdicts are merged in the file's order (`Verdicts`). A block's verdict comes back later
+than the block: the first error is raised by a later `feed`, by `settle` or by `finish`, never
+missed and never out of order. Each child's pipe bounds what is in flight: a writer ahead of its
+child waits.
 
 Wire (parent to child): a header (payload length, the line limit) and the payload, the block's
 lines. The child answers each block with one JSON line, its verdict: [lines, format, first
@@ -98,7 +99,7 @@ class CheckProcess:
             raise CheckProcessBroken(f"the upload check process is gone ({exc})") from None
 
     def message(self, wait: bool) -> list | None:
-        """The child's next message: None when `wait` is False and none has come yet."""
+        """The child's next verdict: None when `wait` is False and none has come yet."""
         while b"\n" not in self._pending:
             if not wait and not select.select([self._out], [], [], 0)[0]:
                 return None

@@ -175,7 +175,8 @@ class LineValidator:
         except ValueError as exc:
             raise InvalidExample(number, str(exc)) from None
         if self.format is None:
-            self.format, self.first_line, self._fast = this, number, _FAST.get(this)  # preference pairs: the reference path only
+            # (preference pairs have no fast path: the reference path only)
+            self.format, self.first_line, self._fast = this, number, _FAST.get(this)
         elif this != self.format:
             raise InvalidExample(number, f"{this} format, but the file started in {self.format} format")
         return True
