@@ -5,6 +5,8 @@ upload with a clear 500 and is replaced."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 
 import pytest
@@ -208,3 +210,35 @@ def test_the_check_process_stays_small(api, checked_apart):
         assert rss_kb < 64 << 10
     finally:
         files.POOL.release(process, True)
+
+
+def test_concurrent_uploads_share_the_pool_and_each_gets_its_own_verdict(pool, tmp_path, monkeypatch):
+    """One upload takes at most PER_UPLOAD children; the next takes what is left; one that finds
+    none is checked in the API process. Each gets its own file's verdict, whatever runs beside it."""
+    monkeypatch.setattr(files, "POOL", pool)
+    limits = UploadLimits(max_bytes=1 << 20, max_line_bytes=400, max_lines=300)
+    contents = [chat_jsonl(200), completion_jsonl(250), chat_jsonl(90) + BAD_ROLE + chat_jsonl(5)]
+    with contextlib.ExitStack() as stack:
+        sinks = [FileSink(stack.enter_context(AtomicWriter(tmp_path / f"f{i}.jsonl")), limits,
+                          expected_bytes=files.REMOTE_CHECK_FROM, check_processes=3) for i in range(3)]
+        assert [len(s.check.processes) if isinstance(s.check, RemoteLineCheck) else 0 for s in sinks] == [2, 1, 0]
+
+        def upload(sink, content):
+            try:
+                for i in range(0, len(content), 333):
+                    sink.feed(content[i:i + 333])
+                summary = sink.finish()
+                return summary.format, summary.n_examples
+            except APIError as exc:
+                return exc.code, exc.message
+            finally:
+                sink.close()
+
+        with concurrent.futures.ThreadPoolExecutor(3) as threads:
+            outcomes = list(threads.map(upload, sinks, contents))
+    assert outcomes[:2] == [("chat", 200), ("completion", 250)]
+    assert outcomes[2][0] == "invalid_file_format" and "line 91: messages[0].role" in outcomes[2][1]
+    back = pool.lease_some(3, 3)
+    assert len(back) == 3  # all handed back, healthy
+    for process in back:
+        pool.release(process, True)
