@@ -1,10 +1,12 @@
-"""Uploads: a file sent in parts, each streamed to storage; completing it streams the parts, in
-the order the client gives, through the same validation as a single-request upload
-(`files.create_file`), so the file is never held in memory and a bad file leaves nothing."""
+"""Uploads: a file sent in parts, each streamed to storage as it arrives (`PartSink`, fed by the
+route from the request body); completing it streams the parts, in the order the client gives,
+through the same validation as a single-request upload (`files.create_file`), so the file is never
+held in memory and a bad file leaves nothing."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from sqlalchemy import func
@@ -64,8 +66,19 @@ def _parts(session: Session, upload: Upload) -> list[UploadPart]:
     return list(session.scalars(scoped(UploadPart, upload.project_pk).where(UploadPart.upload_pk == upload.pk)))
 
 
-def add_part(session: Session, storage: Storage, settings: Settings, caller: Caller, upload_id: str,
-             data: BinaryIO) -> tuple[UploadPart, Upload]:
+@dataclass(frozen=True)
+class PartRoom:
+    """What a new part of a pending upload may add: read before its bytes come, held to while they do."""
+    upload_id: str
+    upload_pk: int
+    received: int  # bytes of the upload's parts so far
+    declared: int  # the upload's `bytes`
+    used: int  # the project's stored bytes (0 without a quota)
+    quota: int  # 0: none
+    max_part: int
+
+
+def part_room(session: Session, settings: Settings, caller: Caller, upload_id: str) -> PartRoom:
     upload = _pending(session, caller, upload_id)
     received = session.scalar(scoped(UploadPart, caller, func.coalesce(func.sum(UploadPart.bytes), 0))
                               .where(UploadPart.upload_pk == upload.pk))
@@ -73,23 +86,42 @@ def add_part(session: Session, storage: Storage, settings: Settings, caller: Cal
     used = file_service.project_storage_bytes(session, caller.project_pk) if quota > 0 else 0
     if quota > 0 and used >= quota:
         raise file_service.quota_exceeded(quota, param="data")
+    return PartRoom(upload.id, upload.pk, received, upload.bytes, used, quota, settings.max_upload_part_bytes)
+
+
+def new_part(caller: Caller, upload_id: str) -> tuple[str, str]:
+    """A new part's id and storage key."""
     part_id = new_id("part")
-    key = f"{caller.project_id}/uploads/{upload.id}/{part_id}"
-    with storage.writer(key) as writer:
-        while chunk := data.read(CHUNK):
-            writer.write(chunk)
-            if writer.bytes > settings.max_upload_part_bytes:
-                raise APIError(413, f"A part may hold at most {settings.max_upload_part_bytes} bytes.",
-                               param="data", code="part_too_large")
-            if quota > 0 and used + writer.bytes > quota:
-                raise file_service.quota_exceeded(quota, param="data")
-            if received + writer.bytes > upload.bytes:
-                raise invalid(f"The parts exceed the {upload.bytes} bytes declared for upload {upload.id}.",
-                              param="data", code="upload_size_exceeded")
-        if writer.bytes == 0:
-            raise invalid("A part must not be empty.", param="data", code="empty_part")
-        part = UploadPart(id=part_id, upload_pk=upload.pk, bytes=writer.bytes, storage_key=key)
-        file_service.commit_with_file(session, storage, writer, key, part)
+    return part_id, f"{caller.project_id}/uploads/{upload_id}/{part_id}"
+
+
+class PartSink:
+    """A part's bytes, in blocks, to storage: 413 past the part limit or the project's quota, 400 past
+    the bytes the upload declared. Nothing of it is kept unless `store_part` commits it."""
+
+    def __init__(self, writer, room: PartRoom) -> None:
+        self.writer, self.room = writer, room
+
+    def feed(self, block: bytes) -> None:
+        self.writer.write(block)
+        room, size = self.room, self.writer.bytes
+        if size > room.max_part:
+            raise APIError(413, f"A part may hold at most {room.max_part} bytes.", param="data", code="part_too_large")
+        if room.quota > 0 and room.used + size > room.quota:
+            raise file_service.quota_exceeded(room.quota, param="data")
+        if room.received + size > room.declared:
+            raise invalid(f"The parts exceed the {room.declared} bytes declared for upload {room.upload_id}.",
+                          param="data", code="upload_size_exceeded")
+
+
+def store_part(session: Session, storage: Storage, caller: Caller, room: PartRoom, part_id: str, key: str,
+               writer) -> tuple[UploadPart, Upload]:
+    """The part's row and file, committed together, if its upload is still pending."""
+    upload = _pending(session, caller, room.upload_id)
+    if writer.bytes == 0:
+        raise invalid("A part must not be empty.", param="data", code="empty_part")
+    part = UploadPart(id=part_id, upload_pk=upload.pk, bytes=writer.bytes, storage_key=key)
+    file_service.commit_with_file(session, storage, writer, key, part)
     return part, upload
 
 

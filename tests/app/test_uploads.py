@@ -150,3 +150,46 @@ def test_concurrent_completes_make_one_file_and_a_failed_one_leaves_the_upload_p
         assert (row.status, row.file_id) == ("completed", file_id)
         assert session.scalar(select(func.count()).select_from(File).where(File.project_pk == project.pk)) \
             == files_before + 1
+
+
+def test_a_part_is_refused_while_it_streams_and_leaves_nothing(settings):
+    """A part is stored as it arrives: one sent without a Content-Length (chunked) is refused as soon
+    as it passes a limit, and a refused part leaves no row and no bytes."""
+    from app.main import create_app
+
+    small = settings.model_copy(update={"max_upload_part_bytes": 6_000, "max_storage_bytes_per_project": 20_000})
+    with TestClient(create_app(small)) as client:
+        headers = {"Authorization": f"Bearer {new_key(settings)}"}
+
+        def upload(size: int) -> str:
+            return client.post("/v1/uploads", headers=headers, json={
+                "filename": "p.jsonl", "purpose": "fine-tune", "bytes": size, "mime_type": "text/jsonl"}).json()["id"]
+
+        def part(upload_id: str, data: bytes, field: str = "data", chunked: bool = True):
+            body = (b"--B\r\nContent-Disposition: form-data; name=\"" + field.encode() + b"\"; filename=\"p\"\r\n"
+                    b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--B--\r\n")
+            content = (body[i:i + 1000] for i in range(0, len(body), 1000)) if chunked else body
+            return client.post(f"/v1/uploads/{upload_id}/parts", headers={
+                **headers, "Content-Type": "multipart/form-data; boundary=B"}, content=content)
+
+        big = upload(10_000)
+        too_large = part(big, b"x" * 7_000)
+        assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "part_too_large"
+        small_one = upload(100)
+        past_declared = part(small_one, b"x" * 200)
+        assert past_declared.status_code == 400, past_declared.text
+        assert past_declared.json()["error"]["code"] == "upload_size_exceeded"
+        no_data = part(big, b"{}\n", field="file")
+        assert no_data.status_code == 400 and no_data.json()["error"]["param"] == "data"
+        assert part(big, b"", chunked=False).json()["error"]["code"] == "empty_part"
+        # The project's quota counts what is stored; a part that would pass it is refused midway.
+        for _ in range(3):
+            stored = part(upload(6_000), b"y" * 6_000)
+            assert stored.status_code == 200, stored.text
+        over_quota = part(big, b"x" * 5_000)
+        assert over_quota.status_code == 413, over_quota.text
+        line = b'{"prompt": "a", "completion": "b"}\n'
+        accepted = part(big, line)
+        assert accepted.status_code == 200 and accepted.json()["object"] == "upload.part"
+    parts = [p for p in small.storage_dir.rglob("*") if p.is_file() and "uploads" in p.parts]
+    assert sorted(p.stat().st_size for p in parts) == [len(line), 6_000, 6_000, 6_000]
