@@ -70,7 +70,6 @@ def _parts(session: Session, upload: Upload) -> list[UploadPart]:
 class PartRoom:
     """What a new part of a pending upload may add: read before its bytes come, held to while they do."""
     upload_id: str
-    upload_pk: int
     received: int  # bytes of the upload's parts so far
     declared: int  # the upload's `bytes`
     used: int  # the project's stored bytes (0 without a quota)
@@ -86,7 +85,7 @@ def part_room(session: Session, settings: Settings, caller: Caller, upload_id: s
     used = file_service.project_storage_bytes(session, caller.project_pk) if quota > 0 else 0
     if quota > 0 and used >= quota:
         raise file_service.quota_exceeded(quota, param="data")
-    return PartRoom(upload.id, upload.pk, received, upload.bytes, used, quota, settings.max_upload_part_bytes)
+    return PartRoom(upload.id, received, upload.bytes, used, quota, settings.max_upload_part_bytes)
 
 
 def new_part(caller: Caller, upload_id: str) -> tuple[str, str]:
