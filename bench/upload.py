@@ -13,8 +13,8 @@ Each copy and each uploaded file is deleted after its round, so every round star
 writing into memory the guest has not used yet costs several times more than reusing it).
 Two baselines, uploaded to in the same rounds: for the upload check processes (--check-processes,
 default 2), a server that checks the lines in the API process (WHETSTONE_UPLOAD_CHECK_PROCESSES=0);
-for writing past the page cache, one that writes through it (WHETSTONE_STORAGE_DIRECT_IO=false). During each
-upload another client lists files every 20 ms: its latency is what the upload costs everyone else.
+for writing past the page cache, one that writes through it (WHETSTONE_STORAGE_DIRECT_IO=false).
+During each upload another client lists files every 20 ms: its latency is what the upload costs everyone else.
 The client is curl (`-F file=@...`). The servers are real `whetstone serve` processes on a fresh
 Postgres database; a server's CPU time counts its upload check processes too, and its RSS is sampled
 every 20 ms (goal: growth < 64 MB). The generated file is kept under --cache-dir for the next run.
