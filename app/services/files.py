@@ -93,10 +93,8 @@ class FileSink:
         self.writer, self.limits = writer, limits
         self.sha256 = hashlib.sha256() if digest else None
         line_limits = LineLimits(limits.max_line_bytes, limits.max_lines)
-        self.check = LineCheck(line_limits)
         processes = POOL.lease_some(check_processes) if expected_bytes >= REMOTE_CHECK_FROM else []
-        if processes:
-            self.check = RemoteLineCheck(processes, line_limits, POOL)
+        self.check = RemoteLineCheck(processes, line_limits, POOL) if processes else LineCheck(line_limits)
 
     def feed(self, block: bytes) -> None:
         self.writer.write(block)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.training.validation import DataSummary, InvalidExample, LineValidator
+from worker.training.validation import NO_EXAMPLES, DataSummary, InvalidExample, LineValidator
 
 BAD_FORMAT = "Invalid file format for fine-tuning: "
 
@@ -107,7 +107,7 @@ class Verdicts:
 
     def summary(self) -> DataSummary:
         if self.format is None:
-            raise UploadCheckError("invalid_file_format", f"{BAD_FORMAT}the file has no examples")
+            raise UploadCheckError("invalid_file_format", BAD_FORMAT + NO_EXAMPLES)
         return DataSummary(format=self.format, n_examples=self.n_examples)
 
 

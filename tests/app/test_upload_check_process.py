@@ -37,6 +37,16 @@ CASES = {
 }
 
 
+def verdict_of_blocks(check, blocks: list[bytes]):
+    try:
+        for block in blocks:
+            check.feed(block)
+        summary = check.finish()
+        return summary.format, summary.n_examples
+    except UploadCheckError as exc:
+        return exc.code, exc.message
+
+
 def verdict(check, content: bytes, block: int):
     return verdict_of_blocks(check, [content[i:i + block] for i in range(0, len(content), block)])
 
@@ -104,16 +114,6 @@ def test_a_block_that_starts_in_another_format_is_refused_at_its_first_line(pool
         check.close()
     assert outcome == ("invalid_file_format", "Invalid file format for fine-tuning: line 51: completion format, "
                        "but the file started in chat format")
-
-
-def verdict_of_blocks(check, blocks: list[bytes]):
-    try:
-        for block in blocks:
-            check.feed(block)
-        summary = check.finish()
-        return summary.format, summary.n_examples
-    except UploadCheckError as exc:
-        return exc.code, exc.message
 
 
 def test_an_early_bad_line_is_raised_by_a_later_call_with_its_own_number(pool):

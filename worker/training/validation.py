@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 ROLES = {"system", "developer", "user", "assistant"}
+NO_EXAMPLES = "the file has no examples"  # (the upload check words it too)
 
 
 class InvalidExample(ValueError):
@@ -183,7 +184,7 @@ class LineValidator:
 
     def finish(self) -> DataSummary:
         if self.format is None:
-            raise InvalidExample(0, "the file has no examples")
+            raise InvalidExample(0, NO_EXAMPLES)
         return DataSummary(format=self.format, n_examples=self.n_examples)
 
 
