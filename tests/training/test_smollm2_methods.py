@@ -27,10 +27,10 @@ def short_run(smollm2_dir, tmp_path, lora: LoraSettings):
     return result
 
 
-def answers_with_adapter(smollm2_dir, adapter_dir, quantization: str = "none"):
+def answers_with_adapter(smollm2_dir, adapter_dir):
     from peft import PeftModel
 
-    model, tokenizer = load_base_model(smollm2_dir, "cpu", quantization)
+    model, tokenizer = load_base_model(smollm2_dir, "cpu")
     tuned = PeftModel.from_pretrained(model, adapter_dir).eval()
     return model, greedy_answers(tuned, tokenizer, HELD_OUT_QUESTIONS[:1])
 
