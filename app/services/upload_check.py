@@ -1,7 +1,7 @@
 """The line check of an uploaded file: its bytes in order, in blocks of any size, split into lines
 and each line checked as an example (`worker.training.validation`).
 
-The lines are checked in blocks of whole lines, each block on its own (`check_lines`): its verdict
+The lines are checked in blocks of whole lines, each block on its own (`check_block`): its verdict
 is its number of lines, the format and line of its first example, its count of examples and its
 first error, its lines numbered from its own start. Merged in the file's order (`Verdicts`), the
 blocks' verdicts give the file's: the first error in the file, with the file's line number; the
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.training.validation import NO_EXAMPLES, DataSummary, InvalidExample, LineValidator
+from worker.training.validation import NO_EXAMPLES, DataSummary, InvalidExample, LineTooLong, LineValidator
 
 BAD_FORMAT = "Invalid file format for fine-tuning: "
 
@@ -48,24 +48,22 @@ class BlockVerdict:
     error: tuple[str, int, str] | None  # the block's first error: (code, line, reason)
 
 
-def check_lines(lines: list[bytes], max_line_bytes: int) -> BlockVerdict:
-    """A block's lines (without their newlines), checked on their own: a line too long first (at C
-    speed), then each line as an example."""
+def check_block(data: bytes, max_line_bytes: int) -> BlockVerdict:
+    """A block of whole lines (the last newline may be missing), checked on its own."""
     validator = LineValidator()
     error = None
-    if lines and max(map(len, lines)) > max_line_bytes:
-        number = 1 + next(i for i, line in enumerate(lines) if len(line) > max_line_bytes)
-        error = ("line_too_long", number, _too_long(max_line_bytes))
-    else:
-        try:
-            validator.feed(lines)
-        except InvalidExample as exc:
-            error = ("invalid_file_format", exc.line, exc.reason)
-    return BlockVerdict(len(lines), validator.format, validator.first_line, validator.n_examples, error)
+    try:
+        validator.feed_block(data, max_line_bytes)
+    except LineTooLong as exc:
+        error = ("line_too_long", exc.line, exc.reason)
+    except InvalidExample as exc:
+        error = ("invalid_file_format", exc.line, exc.reason)
+    lines = validator.line if error is None else _count_lines(data)
+    return BlockVerdict(lines, validator.format, validator.first_line, validator.n_examples, error)
 
 
-def _too_long(limit: int) -> str:
-    return f"longer than the limit of {limit} bytes."
+def _count_lines(data: bytes) -> int:
+    return data.count(b"\n") + (not data.endswith(b"\n") and bool(data))
 
 
 class Verdicts:
@@ -102,8 +100,8 @@ class Verdicts:
         """The last line, not ended yet, has `size` bytes so far: refused as soon as it outgrows the
         limit, so a huge line is never held whole."""
         if size > self.limits.max_line_bytes:
-            raise UploadCheckError("line_too_long",
-                                   f"{BAD_FORMAT}line {self.lines + 1}: {_too_long(self.limits.max_line_bytes)}")
+            too_long = LineTooLong(self.lines + 1, self.limits.max_line_bytes)
+            raise UploadCheckError("line_too_long", f"{BAD_FORMAT}line {too_long.line}: {too_long.reason}")
 
     def summary(self) -> DataSummary:
         if self.format is None:
@@ -122,11 +120,13 @@ class LineCheck:
         self._rest = b""
 
     def feed(self, block: bytes) -> None:
-        lines = block.split(b"\n")
-        lines[0] = self._rest + lines[0]
-        self._rest = lines.pop()
-        if lines:
-            self.verdicts.add(check_lines(lines, self.limits.max_line_bytes))
+        cut = block.rfind(b"\n") + 1  # the block's whole lines end there
+        if cut:
+            whole = self._rest + block[:cut] if self._rest or cut < len(block) else block
+            self._rest = block[cut:]
+            self.verdicts.add(check_block(whole, self.limits.max_line_bytes))
+        else:
+            self._rest += block
         self.verdicts.unfinished(len(self._rest))
 
     def settle(self) -> None:
@@ -137,6 +137,6 @@ class LineCheck:
 
     def finish(self) -> DataSummary:
         if self._rest:
-            self.verdicts.add(check_lines([self._rest], self.limits.max_line_bytes))
+            self.verdicts.add(check_block(self._rest, self.limits.max_line_bytes))
             self._rest = b""
         return self.verdicts.summary()

@@ -6,7 +6,7 @@ process, would share its interpreter lock. Here long-lived children (`python -m
 app.services.upload_check_process`, which imports only `upload_check.py`) do it: the API process
 cuts the upload into blocks of whole lines (finding a block's last newline is all it does with
 its bytes) and deals them out in turn to the upload's children, at most PER_UPLOAD of them. Each
-block is checked on its own (`check_lines`), so the children need no state and work at once;
+block is checked on its own (`check_block`), so the children need no state and work at once;
 their verdicts are merged in the file's order (`Verdicts`). A block's verdict comes back later
 than the block: the first error is raised by a later `feed`, by `settle` or by `finish`, never
 missed and never out of order. Each child's pipe bounds what is in flight: a writer ahead of its
@@ -31,7 +31,7 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
-from app.services.upload_check import BlockVerdict, LineLimits, UploadCheckError, Verdicts, check_lines
+from app.services.upload_check import BlockVerdict, LineLimits, UploadCheckError, Verdicts, check_block
 from worker.training.validation import DataSummary
 
 HEADER = struct.Struct("<QQ")
@@ -52,10 +52,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         data = inp.read(size)
         if len(data) < size:
             return
-        lines = data.split(b"\n")
-        if data.endswith(b"\n"):
-            lines.pop()
-        verdict = check_lines(lines, max_line_bytes)
+        verdict = check_block(data, max_line_bytes)
         out.write(json.dumps([verdict.lines, verdict.format, verdict.first, verdict.count, verdict.error]).encode()
                   + b"\n")
         out.flush()

@@ -19,6 +19,11 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+try:  # the compiled line scanner (setup.py builds it where a C compiler is found)
+    from worker.training import _linescan
+except ImportError:  # pragma: no cover - exercised by forcing it off in the tests
+    _linescan = None
+
 ROLES = {"system", "developer", "user", "assistant"}
 NO_EXAMPLES = "the file has no examples"  # (the upload check words it too)
 
@@ -124,15 +129,24 @@ def _check_messages(messages: object) -> None:
         raise ValueError("'messages' has no assistant message to learn from")
 
 
-class LineValidator:
-    """Push-style check of JSONL given as raw lines (bytes), in order, in as many `feed` calls as
-    suit the caller (an upload checks each block as it arrives). Raises InvalidExample on the first
-    bad line; `finish` gives the summary.
+class LineTooLong(InvalidExample):
+    """A line longer than the caller's limit (`feed_block`'s max_line_bytes)."""
 
-    Each line goes through a typed msgspec decoder of the file's format first (C speed, nothing
-    kept); a line it does not accept, and the first line, take the reference path (`json` and
-    `example_format`), which decides and words the error. The fast path accepts only what the
-    reference path accepts, so the outcome is the same, line for line."""
+    def __init__(self, line: int, limit: int) -> None:
+        super().__init__(line, f"longer than the limit of {limit} bytes.")
+
+
+class LineValidator:
+    """Push-style check of JSONL given as raw lines (bytes), in order, in as many `feed` (a list of
+    lines) or `feed_block` (whole lines in one bytes) calls as suit the caller (an upload checks
+    each block as it arrives). Raises InvalidExample on the first bad line; `finish` gives the summary.
+
+    The first example, and every line a fast path does not accept, take the reference path (`json`
+    and `example_format`), which decides and words the error. The fast paths accept only what the
+    reference path accepts with the file's format, so the outcome is the same, line for line:
+    `feed_block` scans the lines in place with the compiled scanner (worker/training/_linescan.c,
+    without the interpreter lock); `feed`, and `feed_block` where the scanner was not built, decode
+    each line with a typed msgspec decoder (C speed, one Python call a line)."""
 
     def __init__(self) -> None:
         self.format: str | None = None
@@ -159,6 +173,42 @@ class LineValidator:
         finally:
             self.n_examples, self.line = count, number
 
+    def feed_block(self, data: bytes, max_line_bytes: int | None = None) -> None:
+        """Whole lines (the last newline may be missing); a line longer than `max_line_bytes` is an
+        error too (LineTooLong), in its place among the others."""
+        if _linescan is None:
+            self._feed_split(data, max_line_bytes)
+            return
+        scan = _SCAN.get(self.format)
+        limit = max_line_bytes if max_line_bytes is not None else len(data)
+        pos, end = 0, len(data)
+        while pos < end:
+            if scan is not None:  # as far as the scanner accepts the lines
+                lines, examples, pos, status = _linescan.scan(data, pos, scan, limit)
+                self.line += lines
+                self.n_examples += examples
+                if status == _linescan.DONE:
+                    return
+            newline = data.find(b"\n", pos)
+            stop = end if newline < 0 else newline
+            if stop - pos > limit:
+                raise LineTooLong(self.line + 1, limit)
+            self.line += 1
+            if self._reference(self.line, data[pos:stop]):
+                self.n_examples += 1
+                scan = _SCAN.get(self.format)
+            pos = stop + 1
+
+    def _feed_split(self, data: bytes, max_line_bytes: int | None) -> None:
+        lines = data.split(b"\n")
+        if data.endswith(b"\n") or not data:
+            lines.pop()
+        if max_line_bytes is not None and lines and max(map(len, lines)) > max_line_bytes:  # (at C speed)
+            first = next(i for i, line in enumerate(lines) if len(line) > max_line_bytes)
+            self.feed(lines[:first])  # an error before it comes first
+            raise LineTooLong(self.line + 1, max_line_bytes)
+        self.feed(lines)
+
     def _reference(self, number: int, raw: bytes) -> bool:
         """The line checked the plain way: True for an example, False for a blank line."""
         try:
@@ -171,6 +221,8 @@ class LineValidator:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidExample(number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # an int of over 4300 digits; nesting too deep
+            raise InvalidExample(number, f"invalid JSON ({exc})") from None
         try:
             this = example_format(obj)
         except ValueError as exc:
@@ -240,3 +292,5 @@ def _fast_completion(raw: bytes) -> bool:
 
 
 _FAST = {"chat": _fast_chat, "completion": _fast_completion}
+# The formats the scanner knows (preference lines take the reference path only).
+_SCAN = {"chat": _linescan.CHAT, "completion": _linescan.COMPLETION} if _linescan is not None else {}
