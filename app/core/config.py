@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     max_upload_lines: int = 1_000_000
     # Processes that check large uploads' lines while the API process stores the bytes, each on a core
     # of its own, two at most per upload (app/services/upload_check_process.py); 0: checked in the API
-    # process; -1: one per core beyond the first, at most 4 (`resolved_upload_check_processes`).
+    # process; -1: none where the compiled line scanner is built (it checks in a thread of the API
+    # process, without the interpreter lock, faster than the processes), else one per core beyond
+    # the first, at most 4 (`resolved_upload_check_processes`).
     upload_check_processes: int = -1
     # Bytes of files (uploads and results) one project may keep (0: no limit).
     max_storage_bytes_per_project: int = 50 << 30
@@ -134,7 +136,9 @@ class Settings(BaseSettings):
     def resolved_upload_check_processes(self) -> int:
         if self.upload_check_processes >= 0:
             return self.upload_check_processes
-        return max(0, min(4, (os.cpu_count() or 1) - 1))
+        from worker.training.validation import COMPILED_SCANNER
+
+        return 0 if COMPILED_SCANNER else max(0, min(4, (os.cpu_count() or 1) - 1))
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -48,22 +48,19 @@ class BlockVerdict:
     error: tuple[str, int, str] | None  # the block's first error: (code, line, reason)
 
 
-def check_block(data: bytes, max_line_bytes: int) -> BlockVerdict:
-    """A block of whole lines (the last newline may be missing), checked on its own."""
+def check_block(data: bytes, max_line_bytes: int, start: int = 0, end: int | None = None) -> BlockVerdict:
+    """A block of whole lines, `data[start:end]` (the last newline may be missing), checked on its own."""
+    end = len(data) if end is None else end
     validator = LineValidator()
     error = None
     try:
-        validator.feed_block(data, max_line_bytes)
+        validator.feed_block(data, max_line_bytes, start, end)
     except LineTooLong as exc:
         error = ("line_too_long", exc.line, exc.reason)
     except InvalidExample as exc:
         error = ("invalid_file_format", exc.line, exc.reason)
-    lines = validator.line if error is None else _count_lines(data)
+    lines = validator.line if error is None else data.count(b"\n", start, end) + (end > start and data[end - 1] != 10)
     return BlockVerdict(lines, validator.format, validator.first_line, validator.n_examples, error)
-
-
-def _count_lines(data: bytes) -> int:
-    return data.count(b"\n") + (not data.endswith(b"\n") and bool(data))
 
 
 class Verdicts:
@@ -121,12 +118,15 @@ class LineCheck:
 
     def feed(self, block: bytes) -> None:
         cut = block.rfind(b"\n") + 1  # the block's whole lines end there
-        if cut:
-            whole = self._rest + block[:cut] if self._rest or cut < len(block) else block
-            self._rest = block[cut:]
-            self.verdicts.add(check_block(whole, self.limits.max_line_bytes))
-        else:
+        if not cut:
             self._rest += block
+        else:  # checked where they lie (no copy), but for the line begun in an earlier block
+            start = block.index(b"\n") + 1 if self._rest else 0
+            if start:
+                self.verdicts.add(check_block(self._rest + block[:start], self.limits.max_line_bytes))
+            if start < cut:
+                self.verdicts.add(check_block(block, self.limits.max_line_bytes, start, cut))
+            self._rest = block[cut:]
         self.verdicts.unfinished(len(self._rest))
 
     def settle(self) -> None:

@@ -18,6 +18,7 @@ from app.services.upload_check import LineCheck, LineLimits, UploadCheckError
 from app.services.upload_check_process import CheckPool, RemoteLineCheck
 from app.services.storage import AtomicWriter
 from tests.data import chat_jsonl, completion_jsonl, preference_jsonl
+from worker.training import validation
 
 LIMITS = LineLimits(max_line_bytes=400, max_lines=300)
 BAD_ROLE = b'{"messages": [{"role": "robot", "content": "x"}]}\n'
@@ -32,6 +33,7 @@ CASES = {
     "not UTF-8": chat_jsonl(70) + b'{"prompt": "\xff", "completion": "x"}\n',
     "a line too long": chat_jsonl(60) + json.dumps({"prompt": "p" * 500, "completion": "c"}).encode() + b"\n",
     "an unfinished line too long": chat_jsonl(60) + b"x" * 1000,
+    "a bad line, then one too long": chat_jsonl(60) + BAD_ROLE + b"x" * 1000 + b"\n",
     "too many lines": completion_jsonl(301),
     "no examples": b"\n\n \n",
 }
@@ -69,6 +71,7 @@ EXPECTED = {  # what the check says of each case, wherever it runs and however t
     "not UTF-8": ("invalid_file_format", "line 71: not valid UTF-8"),
     "a line too long": ("line_too_long", "line 61: longer than the limit of 400 bytes"),
     "an unfinished line too long": ("line_too_long", "line 61: longer than the limit of 400 bytes"),
+    "a bad line, then one too long": ("invalid_file_format", "line 61: messages[0].role must be one of"),
     "too many lines": ("too_many_lines", "more than the limit of 300 lines"),
     "no examples": ("invalid_file_format", "the file has no examples"),
 }
@@ -84,12 +87,18 @@ def test_every_case_has_its_expected_verdict():
     assert EXPECTED.keys() == CASES.keys()
 
 
+@pytest.mark.parametrize("scanner", ["compiled", "msgspec"])
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("block", [97, 4096, 1 << 20])
 @pytest.mark.parametrize("children", [1, 2])
-def test_the_check_processes_give_the_verdict_of_the_check_in_the_api_process(pool, name, block, children):
+def test_the_check_processes_give_the_verdict_of_the_check_in_the_api_process(pool, name, block, children, scanner,
+                                                                             monkeypatch):
+    """The children check with the compiled scanner; here, with it or with msgspec alone."""
     content = CASES[name]
-    local = verdict(LineCheck(LIMITS), content, block)
+    with monkeypatch.context() as m:
+        if scanner == "msgspec":
+            m.setattr(validation, "_linescan", None)
+        local = verdict(LineCheck(LIMITS), content, block)
     remote_check = RemoteLineCheck(pool.lease_some(children, children), LIMITS, pool)
     try:
         assert len(remote_check.processes) == children

@@ -1,8 +1,8 @@
 /* The upload check's fast path in C: whole lines of JSONL, scanned in place, without the GIL.
  *
- * scan(data, start, format, max_line_bytes) -> (lines, examples, stop, status)
+ * scan(data, start, end, format, max_line_bytes) -> (lines, examples, stop, status)
  *
- * From byte `start` of `data` (whole lines; the last newline may be missing), each line is
+ * From byte `start` to byte `end` of `data` (whole lines; the last newline may be missing), each line is
  * either accepted (a blank line, or an example of `format`: 1 chat, 2 completion) or not. The
  * scan stops at the first line it does not accept: `stop` is that line's first byte and `status`
  * says why (TOO_LONG: longer than max_line_bytes; UNSURE: the Python reference path decides,
@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 enum { DONE = 0, UNSURE = 1, TOO_LONG = 2 };
@@ -72,14 +73,34 @@ typedef struct {
     int visible;    /* a raw byte 0x21..0x7E outside escapes: non-blank after str.strip() */
 } Str;
 
+/* Eight bytes at a time: nonzero where one of them is special (SWAR, any byte order). */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static inline uint64_t special8(uint64_t x) {
+    uint64_t quote = x ^ (ONES * '"'), backslash = x ^ (ONES * '\\');
+    return ((quote - ONES) & ~quote) | ((backslash - ONES) & ~backslash) | (x - ONES * 0x20) | x;
+}
+
+/* The first special byte at or after q (or end). */
+static inline Ptr plain_run(Ptr q, Ptr end) {
+    while (end - q >= 8) {
+        uint64_t x;
+        memcpy(&x, q, 8);
+        if (special8(x) & HIGHS) break;
+        q += 8;
+    }
+    while (q < end && !special[*q])
+        q++;
+    return q;
+}
+
 /* A string at p (p[0] == '"'): the byte after its closing quote, or NULL. */
 static Ptr scan_string(Ptr p, Ptr end, Str *s) {
     Ptr q = ++p;
     s->escaped = s->visible = 0;
     for (;;) {
         Ptr run = q;
-        while (q < end && !special[*q])
-            q++;
+        q = plain_run(q, end);
         if (!s->visible && q > run) {
             for (Ptr r = run; r < q; r++)
                 if (*r != ' ') { s->visible = 1; break; }
@@ -314,20 +335,20 @@ static int check_line(Ptr p, Ptr end, int format) {
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    Py_ssize_t start, max_line;
+    Py_ssize_t start, stop, max_line;
     int format;
-    if (!PyArg_ParseTuple(args, "y*nin", &buf, &start, &format, &max_line)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*nnin", &buf, &start, &stop, &format, &max_line)) return NULL;
     if (format != CHAT && format != COMPLETION) {
         PyBuffer_Release(&buf);
         PyErr_SetString(PyExc_ValueError, "format: 1 (chat) or 2 (completion)");
         return NULL;
     }
-    if (start < 0 || start > buf.len) {
+    if (start < 0 || start > stop || stop > buf.len) {
         PyBuffer_Release(&buf);
-        PyErr_SetString(PyExc_ValueError, "start is outside the data");
+        PyErr_SetString(PyExc_ValueError, "start and end: 0 <= start <= end <= len(data)");
         return NULL;
     }
-    Ptr base = buf.buf, p = base + start, end = base + buf.len;
+    Ptr base = buf.buf, p = base + start, end = base + stop;
     Py_ssize_t lines = 0, examples = 0;
     int status = DONE;
     Py_BEGIN_ALLOW_THREADS
@@ -342,13 +363,12 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         p = nl ? nl + 1 : end;
     }
     Py_END_ALLOW_THREADS
-    Py_ssize_t stop = p - base;
     PyBuffer_Release(&buf);
-    return Py_BuildValue("(nnni)", lines, examples, stop, status);
+    return Py_BuildValue("(nnni)", lines, examples, (Py_ssize_t)(p - base), status);
 }
 
 static PyMethodDef methods[] = {
-    {"scan", scan, METH_VARARGS, "scan(data, start, format, max_line_bytes) -> (lines, examples, stop, status)"},
+    {"scan", scan, METH_VARARGS, "scan(data, start, end, format, max_line_bytes) -> (lines, examples, stop, status)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,6 +12,8 @@ A file holds one format throughout.
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -23,6 +25,7 @@ try:  # the compiled line scanner (setup.py builds it where a C compiler is foun
     from worker.training import _linescan
 except ImportError:  # pragma: no cover - exercised by forcing it off in the tests
     _linescan = None
+COMPILED_SCANNER = _linescan is not None
 
 ROLES = {"system", "developer", "user", "assistant"}
 NO_EXAMPLES = "the file has no examples"  # (the upload check words it too)
@@ -160,12 +163,12 @@ class LineValidator:
         try:
             for raw in lines:
                 number += 1
-                if fast is not None:
+                if fast is not None and (len(raw) <= _MAX_DIGITS or not _too_many_digits(raw)):
                     try:
                         if fast(raw):
                             count += 1
                             continue
-                    except ValueError:  # msgspec's DecodeError/ValidationError, bad UTF-8
+                    except (ValueError, RecursionError):  # msgspec's DecodeError/ValidationError, bad UTF-8
                         pass
                 if self._reference(number, raw):
                     count += 1
@@ -173,23 +176,24 @@ class LineValidator:
         finally:
             self.n_examples, self.line = count, number
 
-    def feed_block(self, data: bytes, max_line_bytes: int | None = None) -> None:
-        """Whole lines (the last newline may be missing); a line longer than `max_line_bytes` is an
-        error too (LineTooLong), in its place among the others."""
+    def feed_block(self, data: bytes, max_line_bytes: int | None = None, start: int = 0, end: int | None = None) -> None:
+        """Whole lines, `data[start:end]` (the last newline may be missing); a line longer than
+        `max_line_bytes` is an error too (LineTooLong), in its place among the others."""
+        end = len(data) if end is None else end
         if _linescan is None:
-            self._feed_split(data, max_line_bytes)
+            self._feed_split(data[start:end], max_line_bytes)
             return
         scan = _SCAN.get(self.format)
-        limit = max_line_bytes if max_line_bytes is not None else len(data)
-        pos, end = 0, len(data)
+        limit = max_line_bytes if max_line_bytes is not None else end - start
+        pos = start
         while pos < end:
             if scan is not None:  # as far as the scanner accepts the lines
-                lines, examples, pos, status = _linescan.scan(data, pos, scan, limit)
+                lines, examples, pos, status = _linescan.scan(data, pos, end, scan, limit)
                 self.line += lines
                 self.n_examples += examples
                 if status == _linescan.DONE:
                     return
-            newline = data.find(b"\n", pos)
+            newline = data.find(b"\n", pos, end)
             stop = end if newline < 0 else newline
             if stop - pos > limit:
                 raise LineTooLong(self.line + 1, limit)
@@ -292,5 +296,9 @@ def _fast_completion(raw: bytes) -> bool:
 
 
 _FAST = {"chat": _fast_chat, "completion": _fast_completion}
+# msgspec skips an unknown key's integer of any length, which json.loads refuses past this many
+# digits: such a line is left to the reference path (the scanner leaves it too: MAX_INT_DIGITS).
+_MAX_DIGITS = sys.get_int_max_str_digits() or sys.maxsize
+_too_many_digits = re.compile(rb"[0-9]{%d}" % min(_MAX_DIGITS + 1, 1 << 20)).search
 # The formats the scanner knows (preference lines take the reference path only).
 _SCAN = {"chat": _linescan.CHAT, "completion": _linescan.COMPLETION} if _linescan is not None else {}
