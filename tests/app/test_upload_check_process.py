@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 
 import pytest
 
@@ -251,3 +252,15 @@ def test_concurrent_uploads_share_the_pool_and_each_gets_its_own_verdict(pool, t
     assert len(back) == 3  # all handed back, healthy
     for process in back:
         pool.release(process, True)
+
+
+def test_by_default_the_processes_check_only_where_the_scanner_is_not_built(monkeypatch):
+    """The compiled scanner checks in an API thread without the interpreter lock, faster than the
+    processes (bench/upload.py): they are for the msgspec path, one per core beyond the first."""
+    from app.core.config import Settings
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert Settings(upload_check_processes=-1).resolved_upload_check_processes == 0
+    assert Settings(upload_check_processes=3).resolved_upload_check_processes == 3
+    monkeypatch.setattr(validation, "COMPILED_SCANNER", False)
+    assert Settings(upload_check_processes=-1).resolved_upload_check_processes == 4

@@ -12,6 +12,7 @@ A file holds one format throughout.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -21,10 +22,12 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-try:  # the compiled line scanner (setup.py builds it where a C compiler is found)
-    from worker.training import _linescan
-except ImportError:  # pragma: no cover - exercised by forcing it off in the tests
-    _linescan = None
+_linescan = None  # the compiled line scanner: setup.py builds it where a C compiler is found
+if os.environ.get("WHETSTONE_LINE_SCANNER", "on") != "off":  # "off": msgspec only (bench/upload.py's baseline)
+    try:
+        from worker.training import _linescan
+    except ImportError:  # pragma: no cover - exercised by forcing it off in the tests
+        pass
 COMPILED_SCANNER = _linescan is not None
 
 ROLES = {"system", "developer", "user", "assistant"}
