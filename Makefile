@@ -8,7 +8,8 @@ PYTHON ?= python3
 
 .PHONY: serve test test-fast worker install system-tools clean
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+# (setup.py and the C source: `pip install -e` compiles the line scanner, worker/training/_linescan.c)
+$(STAMP): pyproject.toml constraints.txt Makefile setup.py worker/training/_linescan.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: with no CUDA this is the CPU wheel; a CUDA machine gets PyPI's CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
