@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -29,6 +30,8 @@ READ_ONLY_PURPOSES = {"fine-tune-results"}
 # Uploads at least this large are checked in a process of their own (when one is free): below it,
 # starting on another core gains less than handing the blocks over costs.
 REMOTE_CHECK_FROM = 16 << 20
+# Writes of upload blocks, each beside the check of the same block (FileSink.feed).
+_WRITES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload-write")
 
 
 def to_wire(row: File) -> FileObject:
@@ -97,17 +100,25 @@ class FileSink:
         self.check = RemoteLineCheck(processes, line_limits, POOL) if processes else LineCheck(line_limits)
 
     def feed(self, block: bytes) -> None:
-        self.writer.write(block)
-        limits = self.limits
-        if self.writer.bytes > limits.max_bytes:
+        limits, size = self.limits, self.writer.bytes + len(block)
+        if size > limits.max_bytes:
             self._settled(APIError(413, f"File is larger than the limit of {limits.max_bytes} bytes.", param="file",
                                    code="file_too_large"))
-        if limits.quota_left is not None and self.writer.bytes > limits.quota_left:
+        if limits.quota_left is not None and size > limits.quota_left:
             self._settled(quota_exceeded(limits.quota))
+        # The block is written (a system call that waits on the disk) while its lines are checked
+        # (the scanner, without the interpreter lock too): the slower of the two sets the pace.
+        written = _WRITES.submit(self._write, block)
+        try:
+            with _as_api_error():
+                self.check.feed(block)
+        finally:
+            written.result()
+
+    def _write(self, block: bytes) -> None:
+        self.writer.write(block)
         if self.sha256 is not None:
             self.sha256.update(block)
-        with _as_api_error():
-            self.check.feed(block)
 
     def finish(self) -> DataSummary:
         with _as_api_error():
