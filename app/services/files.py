@@ -87,9 +87,11 @@ class FileSink:
     `close` (always) hands back what the check held. With `digest`, the sha256 of the bytes is kept
     too (Idempotency-Key).
 
-    An upload expected to be large (`expected_bytes`, e.g. its Content-Length) is checked in
-    processes of their own while this one stores it (`upload_check_process.py`), when some of the
-    `check_processes` are free; a line's error is then raised by a later call, still the first one."""
+    Each block is written in a thread of `_WRITES` while the calling thread checks its lines. An
+    upload expected to be large (`expected_bytes`, e.g. its Content-Length) is checked in
+    processes of their own instead (`upload_check_process.py`), when some of the `check_processes`
+    are free (by default there are none where the compiled scanner is built: Settings); a line's
+    error is then raised by a later call, still the first one."""
 
     def __init__(self, writer, limits: UploadLimits, *, digest: bool = False, expected_bytes: int = 0,
                  check_processes: int = 0) -> None:

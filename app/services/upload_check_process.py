@@ -1,8 +1,9 @@
 """A large upload's line check in processes of their own, so it runs on cores of its own.
 
-The API process parses the request body, stores the bytes and keeps the byte limits; checking
-the lines (split, decode each example) costs as much again and, done in a thread of the API
-process, would share its interpreter lock. Here long-lived children (`python -m
+For the msgspec path (where the compiled line scanner is not built; the scanner itself needs none
+of this, it runs without the interpreter lock). The API process parses the request body, stores
+the bytes and keeps the byte limits; checking the lines with msgspec (a Python call per line)
+costs as much again and, done in a thread of the API process, would share its interpreter lock. Here long-lived children (`python -m
 app.services.upload_check_process`, which imports only `upload_check.py`) do it: the API process
 cuts the upload into blocks of whole lines (finding a block's last newline is all it does with
 its bytes) and deals them out in turn to the upload's children, at most PER_UPLOAD of them. Each
