@@ -2,8 +2,8 @@
  *
  * scan(data, start, end, format, max_line_bytes) -> (lines, examples, stop, status)
  *
- * From byte `start` to byte `end` of `data` (whole lines; the last newline may be missing), each line is
- * either accepted (a blank line, or an example of `format`: 1 chat, 2 completion) or not. The
+ * From byte `start` to byte `end` of `data` (whole lines; the last newline may be missing), each
+ * line is either accepted (a blank line, or an example of `format`: 1 chat, 2 completion) or not. The
  * scan stops at the first line it does not accept: `stop` is that line's first byte and `status`
  * says why (TOO_LONG: longer than max_line_bytes; UNSURE: the Python reference path decides,
  * worker/training/validation.py). DONE: every line to the end was accepted. `lines` and
@@ -12,7 +12,8 @@
  * The contract: accept only what the reference path (json.loads, then example_format) accepts
  * with the same format. Anything unusual is UNSURE, never a verdict of its own: escapes in a key
  * or a role, duplicate keys where keys matter, a weight other than the tokens 0 and 1, NaN and
- * Infinity, an integer of more than MAX_INT_DIGITS digits, nesting past MAX_DEPTH, bytes that are not strict UTF-8. The JSON grammar is RFC 8259.
+ * Infinity, an integer of more than MAX_INT_DIGITS digits, nesting past MAX_DEPTH, bytes that are
+ * not strict UTF-8. The JSON grammar is RFC 8259.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -70,7 +71,7 @@ typedef struct {
     Ptr body;       /* the bytes between the quotes */
     Py_ssize_t len;
     int escaped;    /* a backslash in it */
-    int visible;    /* a raw byte 0x21..0x7E outside escapes: non-blank after str.strip() */
+    int visible;    /* a raw byte 0x21..0x7F outside escapes: non-blank after str.strip() */
 } Str;
 
 /* The first byte at or after q that needs a look inside a string (or end): sixteen bytes at a
