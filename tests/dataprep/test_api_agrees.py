@@ -18,6 +18,10 @@ REJECTED = {
     "mixed-formats": chat_jsonl(2) + completion_jsonl(1),
     "latin1": completion_jsonl(11) + b'{"prompt": "caf\xe9", "completion": "x"}\n',
     "empty": b"\n\n",
+    # json.loads refuses them with ValueError / RecursionError, not JSONDecodeError
+    "huge-integer": chat_jsonl(11) + b'{"id": ' + b"7" * 5000 + b', "messages": [{"role": "assistant", "content": "a"}]}\n',
+    "deep-nesting": chat_jsonl(11) + b'{"x": ' + b"[" * 5000 + b"]" * 5000
+                    + b', "messages": [{"role": "assistant", "content": "a"}]}\n',
     "preference-one-sided": preference_jsonl(11) + b'{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
                             b'"preferred_output": [{"role": "assistant", "content": "a"}]}\n',
 }

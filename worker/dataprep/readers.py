@@ -83,7 +83,7 @@ def _read_jsonl(data: bytes, columns: Columns) -> list[Record]:
             continue
         try:
             obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON; an int of over 4300 digits; nesting too deep
             try:  # the API's own words for a line it cannot parse
                 validate_lines([raw])
             except InvalidExample as exc:
