@@ -59,7 +59,10 @@ def check_block(data: bytes, max_line_bytes: int, start: int = 0, end: int | Non
         error = ("line_too_long", exc.line, exc.reason)
     except InvalidExample as exc:
         error = ("invalid_file_format", exc.line, exc.reason)
-    lines = validator.line if error is None else data.count(b"\n", start, end) + (end > start and data[end - 1] != 10)
+    if error is None:
+        lines = validator.line
+    else:  # the validator stopped at the error: the block's lines are counted here
+        lines = data.count(b"\n", start, end) + (end > start and not data.endswith(b"\n", start, end))
     return BlockVerdict(lines, validator.format, validator.first_line, validator.n_examples, error)
 
 

@@ -7,11 +7,11 @@ costs as much again and, done in a thread of the API process, would share its in
 Here long-lived children (`python -m app.services.upload_check_process`, which imports only
 `upload_check.py`) do it: the API process cuts the upload into blocks of whole lines (finding a
 block's last newline is all it does with its bytes) and deals them out in turn to the upload's
-children, at most PER_UPLOAD of them. Each block is checked on its own (`check_block`), so the children need no state and work at once;
-their verdicts are merged in the file's order (`Verdicts`). A block's verdict comes back later
-than the block: the first error is raised by a later `feed`, by `settle` or by `finish`, never
-missed and never out of order. Each child's pipe bounds what is in flight: a writer ahead of its
-child waits.
+children, at most PER_UPLOAD of them. Each block is checked on its own (`check_block`), so the
+children need no state and work at once; their verdicts are merged in the file's order
+(`Verdicts`). A block's verdict comes back later than the block: the first error is raised by a
+later `feed`, by `settle` or by `finish`, never missed and never out of order. Each child's pipe
+bounds what is in flight: a writer ahead of its child waits.
 
 Wire (parent to child): a header (payload length, the line limit) and the payload, the block's
 lines. The child answers each block with one JSON line, its verdict: [lines, format, first
