@@ -15,6 +15,8 @@ import logging
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.http_protocol import BodyProtocol
+
 log = logging.getLogger("whetstone.shutdown")
 
 
@@ -105,8 +107,12 @@ class GracefulServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def server_config(app, host: str, port: int, grace: float) -> uvicorn.Config:  # noqa: ANN001
+    """How the API is served; access lines come from app/api/routes/ops.py, not uvicorn."""
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                          timeout_graceful_shutdown=grace, http=BodyProtocol)
+
+
 def run_server(app, host: str, port: int, grace: float) -> None:  # noqa: ANN001
     """Run `app` (built by create_app) until SIGTERM/SIGINT, then shut down gracefully."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=grace)  # access lines come from app/api/routes/ops.py
-    GracefulServer(config, app.state.shutdown).run()
+    GracefulServer(server_config(app, host, port, grace), app.state.shutdown).run()

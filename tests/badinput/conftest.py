@@ -15,6 +15,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
+from app.core.shutdown import server_config
 from tests.conftest import REDIS_URL, Api, new_key
 
 
@@ -59,12 +60,12 @@ def _free_port() -> int:
 
 @contextmanager
 def live_server(settings: Settings, **limits: object) -> Iterator[str]:
-    """create_app(settings + limits) served by uvicorn (httptools) on a free port, in a thread."""
+    """create_app(settings + limits) served as `whetstone serve` serves it, on a free port, in a thread."""
     from app.main import create_app
 
     app = create_app(settings.model_copy(update=limits))
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, settings.shutdown_grace))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
