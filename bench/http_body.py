@@ -12,7 +12,6 @@ Printed: MB/s (median of the rounds), the server's CPU seconds per upload, and t
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import subprocess
@@ -21,7 +20,9 @@ import time
 from pathlib import Path
 
 from common import load
-from upload import make_jsonl, stat_fields
+from upload import cpu_seconds, make_jsonl, stat_fields
+
+from tests.e2e.server import free_port
 
 
 async def sink(scope, receive, send) -> None:  # noqa: ANN001
@@ -46,17 +47,6 @@ def serve(port: int, protocol: str) -> None:
     if protocol == "uvicorn":
         config.http = "httptools"
     uvicorn.Server(config).run()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    utime, stime = stat_fields(pid)[11:13]
-    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
 
 def start(protocol: str) -> tuple[subprocess.Popen, str]:
@@ -93,13 +83,13 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name in names if round_ % 2 == 0 else reversed(names):
                 proc, url = servers[name]
-                cpu = cpu_seconds(proc.pid)
+                cpu = cpu_seconds(stat_fields(proc.pid))
                 began = time.perf_counter()
                 out = subprocess.run(["curl", "-sS", "-X", "POST", "-T", str(path), url],
                                      capture_output=True, text=True, check=True).stdout
                 elapsed = time.perf_counter() - began
                 assert int(out) == size, (name, out)
-                results[name].append((size / elapsed / 1e6, cpu_seconds(proc.pid) - cpu))
+                results[name].append((size / elapsed / 1e6, cpu_seconds(stat_fields(proc.pid)) - cpu))
     finally:
         for proc, _ in servers.values():
             proc.terminate()

@@ -31,9 +31,6 @@ class _Chunks:
         self.parts.append(chunk)
         self.size += len(chunk)
 
-    def __len__(self) -> int:
-        return self.size
-
     def __bytes__(self) -> bytes:
         return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 

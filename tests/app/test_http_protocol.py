@@ -7,18 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
-from app.core.shutdown import server_config
+from tests.e2e.server import in_thread
 
 
 async def _echo_digest(scope, receive, send) -> None:  # noqa: ANN001
@@ -44,28 +39,9 @@ async def _echo_digest(scope, receive, send) -> None:  # noqa: ANN001
     await send({"type": "http.response.body", "body": body})
 
 
-@contextmanager
-def _server() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(server_config(_echo_digest, "127.0.0.1", port, grace=5))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
-    with _server() as url:
+    with in_thread(_echo_digest) as url:
         yield url
 
 

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.core.shutdown import server_config
 from tests.conftest import REDIS_URL, Api, new_key
+from tests.e2e.server import in_thread
 
 
 def _settings(tmp_path, database_url: str, base_models_dir) -> Settings:
@@ -52,34 +47,10 @@ def api_for(client: TestClient, settings: Settings) -> Api:
     return Api(client, new_key(settings))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def live_server(settings: Settings, **limits: object) -> Iterator[str]:
     """create_app(settings + limits) served as `whetstone serve` serves it, on a free port, in a thread."""
     from app.main import create_app
 
-    app = create_app(settings.model_copy(update=limits))
-    port = _free_port()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, settings.shutdown_grace))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.1)
-    try:
+    with in_thread(create_app(settings.model_copy(update=limits)), settings.shutdown_grace) as base:
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)

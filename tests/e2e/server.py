@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def in_thread(app, grace: float = 5) -> Iterator[str]:  # noqa: ANN001
+    """`app` served as `whetstone serve` serves it (app.core.shutdown.server_config), on a free
+    port, in a thread of this process; yields its base URL once it listens."""
+    import uvicorn
+
+    from app.core.shutdown import server_config
+
+    port = free_port()
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, grace))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:  # set once the app's startup has run and the socket listens
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 def cli(env: dict[str, str], *args: str) -> str:
