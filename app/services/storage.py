@@ -153,7 +153,8 @@ class AtomicWriter:
     Where the file system allows it (Linux, O_DIRECT), the bytes go to the disk as they come, in
     aligned blocks of DIRECT_BLOCK, past the page cache: a 1 GB upload neither evicts 1 GB of what
     the cache holds (a base model's weights) nor leaves it all for commit's fsync to write at the
-    end, and its CPU cost is one copy into the aligned buffer. The tail, under one block, is written
+    end. Its CPU cost is one copy into the aligned buffer, or none for a block that comes aligned
+    (an upload's, from multipart_stream.py). The tail, under one block, is written
     through the cache at commit. Where O_DIRECT is refused (tmpfs, some network or overlay file
     systems), or with `direct_io=False`, every write goes through the page cache."""
 
@@ -179,9 +180,15 @@ class AtomicWriter:
             self._fd = os.open(self.partial, flags, 0o644)
         return self
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | mmap.mmap) -> None:
+        """`data` is written before this returns (nothing of it is kept). A page-aligned block of
+        exactly DIRECT_BLOCK bytes (an `mmap`) that starts a block of the file goes to the disk as
+        it is, without the copy into the aligned buffer."""
         assert self._fd is not None
         self.bytes += len(data)
+        if self._block is not None and not self._fill and isinstance(data, mmap.mmap) and len(data) == DIRECT_BLOCK:
+            self._write_direct(data)
+            return
         view = memoryview(data)
         while view and self._block is not None:
             n = min(len(view), DIRECT_BLOCK - self._fill)
@@ -189,20 +196,21 @@ class AtomicWriter:
             self._fill += n
             view = view[n:]
             if self._fill == DIRECT_BLOCK:
-                self._write_block()
+                self._fill = 0
+                self._write_direct(self._block)
         if view:  # through the page cache (from the start, or since a direct write was refused)
             _write_all(self._fd, view)
 
-    def _write_block(self) -> None:
+    def _write_direct(self, block: mmap.mmap) -> None:
+        """One aligned block of DIRECT_BLOCK bytes, past the page cache."""
         try:
-            written = os.write(self._fd, self._block)
+            written = os.write(self._fd, block)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             written = 0  # it opened but will not write direct (it wants a larger alignment)
-        self._fill = 0
         if written != DIRECT_BLOCK:  # refused, or short (the disk filled up): the page cache from here on
-            self._through_cache(self._block[written:])
+            self._through_cache(block[written:])
 
     def _through_cache(self, rest: bytes) -> None:
         """Stop writing direct: `rest` (what the aligned buffer still holds) and all later writes go

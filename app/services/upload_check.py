@@ -17,6 +17,7 @@ and stay small.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 from worker.training.validation import NO_EXAMPLES, DataSummary, InvalidExample, LineTooLong, LineValidator
@@ -48,7 +49,7 @@ class BlockVerdict:
     error: tuple[str, int, str] | None  # the block's first error: (code, line, reason)
 
 
-def check_block(data: bytes, max_line_bytes: int, start: int = 0, end: int | None = None) -> BlockVerdict:
+def check_block(data: bytes | mmap.mmap, max_line_bytes: int, start: int = 0, end: int | None = None) -> BlockVerdict:
     """A block of whole lines, `data[start:end]` (the last newline may be missing), checked on its own."""
     end = len(data) if end is None else end
     validator = LineValidator()
@@ -62,7 +63,7 @@ def check_block(data: bytes, max_line_bytes: int, start: int = 0, end: int | Non
     if error is None:
         lines = validator.line
     else:  # the validator stopped at the error: the block's lines are counted here
-        lines = data.count(b"\n", start, end) + (end > start and not data.endswith(b"\n", start, end))
+        lines = data[start:end].count(b"\n") + (end > start and data[end - 1:end] != b"\n")
     return BlockVerdict(lines, validator.format, validator.first_line, validator.n_examples, error)
 
 
@@ -119,12 +120,13 @@ class LineCheck:
         self.verdicts = Verdicts(limits)
         self._rest = b""
 
-    def feed(self, block: bytes) -> None:
+    def feed(self, block: bytes | mmap.mmap) -> None:
+        """`block`: bytes, or a buffer that may be reused once this returns (nothing of it is kept)."""
         cut = block.rfind(b"\n") + 1  # the block's whole lines end there
         if not cut:
             self._rest += block
         else:  # checked where they lie (no copy), but for the line begun in an earlier block
-            start = block.index(b"\n") + 1 if self._rest else 0
+            start = block.find(b"\n") + 1 if self._rest else 0
             if start:
                 self.verdicts.add(check_block(self._rest + block[:start], self.limits.max_line_bytes))
             if start < cut:

@@ -5,6 +5,7 @@ far into the file is still named by its number with nothing left behind."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -37,10 +38,56 @@ def test_the_file_arrives_in_blocks_in_order_and_the_fields_beside_it():
     content = chat_jsonl(40)
     blocks: list[bytes] = []
     form = read(body([("purpose", None, b"fine-tune"), ("file", "my data.jsonl", content), ("extra", None, b"x")]),
-                blocks.append)
-    assert b"".join(blocks) == content and len(blocks) > 10 and all(len(b) < 50 + 7 for b in blocks)
+                lambda block: blocks.append(bytes(block)))  # (a block's buffer is reused once consumed)
+    assert b"".join(blocks) == content and len(blocks) > 10
+    assert {len(b) for b in blocks[:-1]} == {50} and 0 < len(blocks[-1]) <= 50
     assert form.fields == {"purpose": "fine-tune", "extra": "x"} and form.filename == "my data.jsonl"
     assert form.file_bytes == len(content) and form.error is None
+
+
+def test_the_file_comes_through_whole_whatever_the_chunks_and_its_bytes_like_a_delimiter():
+    """Chunks of the file's data without a CR skip the multipart parser (multipart_stream.read_form):
+    whatever the cuts, and whatever the file holds that looks like part of a delimiter, the file
+    and the fields come out as sent."""
+    rng = random.Random(7)
+    pieces = [b"\r", b"\n", b"\r\n", b"\r\n-", b"\r\n--", b"--" + BOUNDARY, b"\r\n--" + BOUNDARY[:-1], b"-"]
+    for trial in range(400):
+        content = b"".join(rng.choice(pieces) if rng.random() < 0.3 else b"x" * rng.choice([1, 7, 90, 3000])
+                           for _ in range(rng.randint(1, 40)))
+        if b"\r\n--" + BOUNDARY in content:  # a delimiter itself: no file can hold one
+            continue
+        raw = body([("purpose", None, b"fine-tune"), ("file", "a.jsonl", content), ("after", None, b"y\r\n--z")])
+        if trial % 4 == 0:  # transport padding after a delimiter (RFC 2046), longer than a chunk
+            at = raw.index(b'filename="a.jsonl"\r\n\r\n') + 22 + len(content) + 4 + len(BOUNDARY)
+            raw = raw[:at] + b" \t" * rng.randint(1, 900) + raw[at:]
+        cuts = sorted(rng.sample(range(1, len(raw)), min(len(raw) - 1, rng.randint(0, 12))))
+        chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+        blocks: list[bytes] = []
+
+        async def body_chunks():
+            for chunk in chunks:
+                yield chunk
+
+        form = asyncio.run(read_form(f"multipart/form-data; boundary={BOUNDARY.decode()}", body_chunks(), "file",
+                                     lambda block: blocks.append(bytes(block)), block=rng.choice([50, 4096])))
+        assert form.error is None and b"".join(blocks) == content, (trial, chunks)
+        assert form.fields == {"purpose": "fine-tune", "after": "y\r\n--z"} and form.file_bytes == len(content)
+
+
+def test_a_large_file_goes_through_three_buffers():
+    """Memory stays at three blocks whatever the file's size: a block's buffer is reused once
+    consumed, and full blocks are handed on as they fill, chunk after chunk (a chunk no larger
+    than a block, as the network gives them)."""
+    content = chat_jsonl(300)
+    buffers, blocks = set(), []
+
+    def consume(block) -> None:
+        buffers.add(id(block))
+        blocks.append(bytes(block))
+
+    form = read(body([("purpose", None, b"fine-tune"), ("file", "a.jsonl", content)]), consume, chunk=40)
+    assert form.error is None and b"".join(blocks) == content and len(blocks) > 100
+    assert len(buffers) <= 3 + 1  # (and the last, shorter block, as bytes)
 
 
 def test_a_failing_block_stops_the_handing_on_but_the_body_is_read_to_the_end():
