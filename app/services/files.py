@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,37 +88,48 @@ class FileSink:
     `close` (always) hands back what the check held. With `digest`, the sha256 of the bytes is kept
     too (Idempotency-Key).
 
-    Each block is written in a thread of `_WRITES` while the calling thread checks its lines. An
-    upload expected to be large (`expected_bytes`, e.g. its Content-Length) is checked in
-    processes of their own instead (`upload_check_process.py`), when some of the `check_processes`
-    are free (by default there are none where the compiled scanner is built: Settings); a line's
-    error is then raised by a later call, still the first one."""
+    The check (`check_block`: the limits, then the lines) and the write (`store_block`) are two
+    lanes: each sees every block in order, and they may run some blocks apart (`lanes`, for
+    upload_blocks.Lanes); `feed` does both for one block, the write in a thread of `_WRITES` while
+    the calling thread checks. An upload expected to be large (`expected_bytes`, e.g. its
+    Content-Length) is checked in processes of their own instead (`upload_check_process.py`), when
+    some of the `check_processes` are free (by default there are none where the compiled scanner
+    is built: Settings); a line's error is then raised by a later call, still the first one."""
 
     def __init__(self, writer, limits: UploadLimits, *, digest: bool = False, expected_bytes: int = 0,
                  check_processes: int = 0) -> None:
         self.writer, self.limits = writer, limits
         self.sha256 = hashlib.sha256() if digest else None
+        self.checked = 0  # bytes through the check lane
         line_limits = LineLimits(limits.max_line_bytes, limits.max_lines)
         processes = POOL.lease_some(check_processes) if expected_bytes >= REMOTE_CHECK_FROM else []
         self.check = RemoteLineCheck(processes, line_limits, POOL) if processes else LineCheck(line_limits)
 
+    @property
+    def lanes(self) -> tuple[Callable[[bytes], None], Callable[[bytes], None]]:
+        return self.check_block, self.store_block
+
     def feed(self, block: bytes) -> None:
-        limits, size = self.limits, self.writer.bytes + len(block)
+        written = _WRITES.submit(self.store_block, block)
+        try:
+            self.check_block(block)
+        finally:
+            written.result()
+
+    def check_block(self, block: bytes) -> None:
+        """The limits, then the block's lines. (Bytes past a limit may be written already: they
+        are never committed.)"""
+        limits, size = self.limits, self.checked + len(block)
         if size > limits.max_bytes:
             self._settled(APIError(413, f"File is larger than the limit of {limits.max_bytes} bytes.", param="file",
                                    code="file_too_large"))
         if limits.quota_left is not None and size > limits.quota_left:
             self._settled(quota_exceeded(limits.quota))
-        # The block is written (a system call that waits on the disk) while its lines are checked
-        # (the scanner, without the interpreter lock too): the slower of the two sets the pace.
-        written = _WRITES.submit(self._write, block)
-        try:
-            with _as_api_error():
-                self.check.feed(block)
-        finally:
-            written.result()
+        self.checked = size
+        with _as_api_error():
+            self.check.feed(block)
 
-    def _write(self, block: bytes) -> None:
+    def store_block(self, block: bytes) -> None:
         self.writer.write(block)
         if self.sha256 is not None:
             self.sha256.update(block)

@@ -4,13 +4,12 @@ FastAPI's `UploadFile` has Starlette spool the whole file to a temporary file fi
 hop per network chunk once past 1 MB) and the route then reads it back: every byte is written
 and read twice before the route sees it. Here python-multipart parses the body on the event
 loop, small fields are kept (at most MAX_FIELD bytes each), and the file part's bytes are copied,
-as they arrive, into blocks of `block` bytes: page-aligned buffers (`mmap`), reused, so that a
-block is the one copy of its bytes the server makes, and storage can write it to the disk as it
-is (`storage.AtomicWriter`). Each full block goes to `consume` in a worker thread, one block in
-flight while the next fills; the last, shorter one goes as bytes. Memory stays at three blocks
-whatever the file's size.
+as they arrive, into blocks (`upload_blocks.py`): reused page-aligned buffers, the one copy of its
+bytes the server makes, that storage can write to the disk as they are. Each block goes to the
+caller's lanes (for a file: its line check and its write), each in a worker thread, a few blocks
+apart at most, so memory stays at a few blocks whatever the file's size.
 
-A `consume` that raises (a bad line, a file too large) stops the handing on; the rest of the body
+A lane that raises (a bad line, a file too large) stops the handing on; the rest of the body
 is still read (and dropped), so the client, still sending, gets the answer rather than a reset
 connection. The first error is returned in `Form.error` for the caller to raise once it has
 looked at the fields.
@@ -18,17 +17,14 @@ looked at the fields.
 
 from __future__ import annotations
 
-import asyncio
-import mmap
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from fastapi.concurrency import run_in_threadpool
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import invalid
+from app.services.upload_blocks import Blocks, Lane, Lanes
 
 BLOCK = 4 << 20
 MAX_FIELD = 64 << 10
@@ -48,42 +44,6 @@ class Form:
     error: BaseException | None = None
 
 
-class _Blocks:
-    """The file part's bytes, copied into page-aligned buffers of `size` bytes: `full` holds those
-    filled and not handed on yet; a buffer handed on comes back through `reuse`."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.full: deque[mmap.mmap] = deque()
-        self._free: list[mmap.mmap] = []
-        self._current: mmap.mmap | None = None
-        self._fill = 0
-
-    def add(self, data: bytes, start: int, end: int) -> None:
-        view = memoryview(data)[start:end]
-        while view:
-            if self._current is None:
-                self._current = self._free.pop() if self._free else mmap.mmap(-1, self.size)
-            n = min(len(view), self.size - self._fill)
-            self._current[self._fill:self._fill + n] = view[:n]
-            self._fill += n
-            view = view[n:]
-            if self._fill == self.size:
-                self.full.append(self._current)
-                self._current, self._fill = None, 0
-
-    def reuse(self, buffer: mmap.mmap) -> None:
-        self._free.append(buffer)
-
-    def rest(self) -> bytes:
-        """The bytes of the buffer not filled yet (b"" if none), taken out of it."""
-        rest = self._current[:self._fill] if self._current is not None else b""
-        if self._current is not None:
-            self.reuse(self._current)
-        self._current, self._fill = None, 0
-        return rest
-
-
 class _Parts:
     """python-multipart callbacks: headers per part, small fields kept, the file part's bytes
     copied into blocks."""
@@ -95,7 +55,7 @@ class _Parts:
         self.name: str | None = None
         self.value = bytearray()
         self.in_file = False
-        self.blocks = _Blocks(block)
+        self.blocks = Blocks(block)
         self.data_to: tuple[bytes, int] | None = None  # where the last data the parser reported ends
         self.parts = 0
         self.ended = False  # the closing boundary came: a body cut short never sets it
@@ -163,14 +123,13 @@ class _Parts:
         self.in_file = False
 
 
-async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: str,
-                    consume: Callable[[mmap.mmap | bytes], None], on_file_start: Callable[[Form], None] = lambda form: None,
-                    block: int | None = None) -> Form:
-    """Parse the body; the bytes of part `file_field` go to `consume(block)` (in a thread, in order):
-    `block` bytes at a time in a page-aligned `mmap` (reused once `consume` returns: keep none of
-    it), the last, shorter block as bytes. `on_file_start(form)` runs when that part begins, with
-    the fields sent before it: raise there to skip the file's processing (the error comes back in
-    `Form.error`)."""
+async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: str, lanes: Sequence[Lane],
+                    on_file_start: Callable[[Form], None] = lambda form: None, block: int | None = None) -> Form:
+    """Parse the body; the bytes of part `file_field` go to each of `lanes` (upload_blocks.Lanes:
+    in order, each lane in a thread): `block` bytes at a time in a page-aligned `mmap`, reused once
+    every lane is done with it (keep none of it), the last, shorter block as bytes.
+    `on_file_start(form)` runs when that part begins, with the fields sent before it: raise there
+    to skip the file's processing (the error comes back in `Form.error`)."""
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise invalid("Send the file as multipart/form-data (fields 'file' and 'purpose').", param=file_field)
@@ -182,29 +141,12 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: s
         "on_header_field": parts.on_header_field, "on_header_value": parts.on_header_value,
         "on_header_end": parts.on_header_end, "on_headers_finished": parts.on_headers_finished,
         "on_end": parts.on_end})
-    in_flight: asyncio.Future | None = None
-    held: mmap.mmap | None = None  # the buffer in flight
 
-    async def settle() -> None:
-        nonlocal in_flight, held
-        if in_flight is not None:
-            try:
-                await in_flight
-            except Exception as exc:  # noqa: BLE001 - the first error wins; later blocks are dropped
-                form.error = form.error or exc
-            in_flight = None
-        if held is not None:
-            blocks.reuse(held)
-            held = None
+    def report(exc: BaseException) -> None:
+        form.error = form.error or exc
 
-    async def hand_on(block: mmap.mmap | bytes) -> None:
-        nonlocal in_flight, held
-        await settle()
-        if form.error is None:
-            in_flight = asyncio.ensure_future(run_in_threadpool(consume, block))
-        if isinstance(block, mmap.mmap):
-            held = block
-
+    workers = Lanes(lanes, blocks, report)
+    done = False
     try:
         # A chunk without a CR, while the parser is in the file's data holding nothing back, is all
         # data: each delimiter ("\r\n--" and the boundary) starts with the only CR it has (RFC 2046).
@@ -222,19 +164,16 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: s
                 except FormParserError:
                     raise _bad_body("it is not valid multipart/form-data.") from None
                 in_data = parts.reported_all(chunk)
-            while blocks.full:
-                await hand_on(blocks.full.popleft())
+            while (full := blocks.take()) is not None:
+                await workers.hand_on(full)
         parser.finalize()
-        while blocks.full:
-            await hand_on(blocks.full.popleft())
+        while (full := blocks.take()) is not None:
+            await workers.hand_on(full)
         if rest := blocks.rest():
-            await hand_on(rest)
-        await settle()
-        if not parts.ended and form.error is None:  # the client stopped mid-form: not the whole file
-            form.error = _bad_body("it ended before the form's closing boundary.")
-    finally:
-        if in_flight is not None:  # a bad body or a client gone: the thread finishes its block first
-            await asyncio.shield(asyncio.wait([in_flight]))
-            if not in_flight.cancelled():
-                in_flight.exception()  # retrieved: the error that matters is the one propagating
+            await workers.hand_on(rest)
+        done = True
+    finally:  # (a bad body or a client gone: the lanes' threads finish the block they are on first)
+        await workers.close(drop=not done)
+    if not parts.ended and form.error is None:  # the client stopped mid-form: not the whole file
+        form.error = _bad_body("it ended before the form's closing boundary.")
     return form

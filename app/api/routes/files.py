@@ -55,7 +55,7 @@ async def upload_file(
             if "purpose" in form.fields:
                 service.check_purpose(form.fields["purpose"])
 
-        form = await read_form(request.headers.get("content-type", ""), request.stream(), "file", sink.feed,
+        form = await read_form(request.headers.get("content-type", ""), request.stream(), "file", sink.lanes,
                                purpose_first)
         purpose = form.fields.get("purpose")
         if purpose is None:

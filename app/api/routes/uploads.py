@@ -41,7 +41,7 @@ async def add_part(upload_id: str, request: Request, caller: Caller = CallerDep,
     await run_in_threadpool(writer.__enter__)
     try:
         form = await read_form(request.headers.get("content-type", ""), request.stream(), "data",
-                               service.PartSink(writer, room).feed)
+                               [service.PartSink(writer, room).feed])
         if form.filename is None:
             raise invalid("Invalid value for 'data': Field required", param="data", code="invalid_value")
         if form.error is not None:

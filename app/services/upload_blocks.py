@@ -1,0 +1,116 @@
+"""An upload's file bytes in blocks: copied once into reused page-aligned buffers, and handed to
+lanes that work on them beside each other.
+
+`Blocks` copies the bytes, as they arrive, into buffers of `size` bytes (`mmap`: page-aligned, so
+storage writes a full one to the disk as it is, past the page cache). `Lanes` hands each block, in
+order, to every lane (an upload's line check, its write), each lane in a worker thread of its own,
+up to AHEAD blocks apart; a block's buffer is reused once every lane is done with it. So the check
+and the write of different blocks overlap, and the slower of the two sets the pace rather than
+their sum, while memory stays bounded: AHEAD blocks handed on, one full waiting for room, and
+one filling (for network chunks no larger than a block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from fastapi.concurrency import run_in_threadpool
+
+AHEAD = 3  # blocks handed on and not yet done by every lane
+
+Block = mmap.mmap | bytes
+Lane = Callable[[Block], None]
+
+
+class Blocks:
+    """Bytes copied into buffers of `size` bytes: `take` gives the next full one (None: none is);
+    a buffer comes back for reuse through `reuse`; `rest` gives what the last, partly filled one holds."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._full: deque[mmap.mmap] = deque()
+        self._free: list[mmap.mmap] = []
+        self._current: mmap.mmap | None = None
+        self._fill = 0
+
+    def add(self, data: bytes, start: int, end: int) -> None:
+        view = memoryview(data)[start:end]
+        while view:
+            if self._current is None:
+                self._current = self._free.pop() if self._free else mmap.mmap(-1, self.size)
+            n = min(len(view), self.size - self._fill)
+            self._current[self._fill:self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == self.size:
+                self._full.append(self._current)
+                self._current, self._fill = None, 0
+
+    def take(self) -> mmap.mmap | None:
+        return self._full.popleft() if self._full else None
+
+    def reuse(self, buffer: mmap.mmap) -> None:
+        self._free.append(buffer)
+
+    def rest(self) -> bytes:
+        """The bytes of the buffer being filled (b"" if none), taken out of it."""
+        if self._current is None:
+            return b""
+        rest = self._current[:self._fill]
+        self.reuse(self._current)
+        self._current, self._fill = None, 0
+        return rest
+
+
+class Lanes:
+    """Each block handed on goes to every lane, in order, each lane in a thread of its own. The
+    first error a lane raises goes to `report` and stops every lane (the blocks after it are
+    dropped). A lane must keep nothing of a block once it returns: its buffer is then reused."""
+
+    def __init__(self, lanes: Sequence[Lane], blocks: Blocks, report: Callable[[BaseException], None],
+                 ahead: int = AHEAD) -> None:
+        self.blocks, self.report = blocks, report
+        self.failed = False
+        self._room = asyncio.Semaphore(ahead)
+        self._left: dict[int, int] = {}  # id(block) -> lanes not done with it yet
+        self._queues: list[asyncio.Queue] = [asyncio.Queue() for _ in lanes]
+        self._tasks = [asyncio.ensure_future(self._run(lane, queue)) for lane, queue in zip(lanes, self._queues)]
+
+    async def hand_on(self, block: Block) -> None:
+        """Waits while AHEAD blocks are still being worked on."""
+        await self._room.acquire()
+        self._left[id(block)] = len(self._queues)
+        for queue in self._queues:
+            queue.put_nowait(block)
+
+    async def close(self, drop: bool = False) -> None:
+        """Wait until the lanes are done with what was handed on (`drop`: skip what no lane has
+        begun; for a body given up on). Shielded: a cancelled request still waits for its threads."""
+        self.failed = self.failed or drop
+        for queue in self._queues:
+            queue.put_nowait(None)
+        await asyncio.shield(asyncio.gather(*self._tasks))
+
+    async def _run(self, lane: Lane, queue: asyncio.Queue) -> None:
+        while (block := await queue.get()) is not None:
+            try:
+                if not self.failed:
+                    await run_in_threadpool(lane, block)
+            except Exception as exc:  # noqa: BLE001 - the first error wins; later blocks are dropped
+                if not self.failed:
+                    self.failed = True
+                    self.report(exc)
+            finally:
+                self._done(block)
+
+    def _done(self, block: Block) -> None:
+        key = id(block)
+        self._left[key] -= 1
+        if not self._left[key]:
+            del self._left[key]
+            if isinstance(block, mmap.mmap):
+                self.blocks.reuse(block)
+            self._room.release()
