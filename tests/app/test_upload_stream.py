@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 
@@ -26,13 +27,13 @@ def body(parts: list[tuple[str, str | None, bytes]]) -> bytes:
     return out + b"--" + BOUNDARY + b"--\r\n"
 
 
-def read(raw: bytes, consume, chunk: int = 7, block: int = 50):
+def read(raw: bytes, consume, chunk: int = 7, block: int = 50, lanes=None):
     async def chunks():
         for i in range(0, len(raw), chunk):
             yield raw[i:i + chunk]
 
     return asyncio.run(read_form(f"multipart/form-data; boundary={BOUNDARY.decode()}", chunks(), "file",
-                                 [consume], block=block))
+                                 lanes or [consume], block=block))
 
 
 def test_the_file_arrives_in_blocks_in_order_and_the_fields_beside_it():
@@ -102,6 +103,30 @@ def test_a_failing_block_stops_the_handing_on_but_the_body_is_read_to_the_end():
     form = read(body([("file", "a.jsonl", chat_jsonl(40)), ("purpose", None, b"fine-tune")]), consume)
     assert len(calls) == 2 and isinstance(form.error, APIError)
     assert form.fields == {"purpose": "fine-tune"}  # the part after the file was still read
+
+
+def test_every_lane_gets_every_block_in_order_and_one_lanes_error_stops_the_others():
+    content = chat_jsonl(60)
+    raw = body([("purpose", None, b"fine-tune"), ("file", "a.jsonl", content)])
+    first, second = [], []
+    form = read(raw, None, lanes=[lambda block: first.append(bytes(block)), lambda block: second.append(bytes(block))])
+    assert form.error is None and b"".join(first) == content and first == second
+
+    checked, stored = [], []
+
+    def check(block) -> None:
+        checked.append(bytes(block))
+        if len(checked) == 3:
+            raise APIError(400, "bad line", param="file")
+
+    def store(block) -> None:
+        time.sleep(0.001)  # the slower lane: the check runs ahead of it and fails first
+        stored.append(bytes(block))
+
+    form = read(raw, None, lanes=[check, store])
+    assert isinstance(form.error, APIError) and form.error.message == "bad line"
+    assert len(checked) == 3 and len(stored) < len(first)  # the blocks after the error were dropped
+    assert stored == first[:len(stored)]
 
 
 def test_not_multipart_is_a_400_naming_the_file():
