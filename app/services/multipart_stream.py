@@ -24,9 +24,10 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import invalid
+from app.services.storage import DIRECT_BLOCK
 from app.services.upload_blocks import Blocks, Lane, Lanes
 
-BLOCK = 4 << 20
+BLOCK = DIRECT_BLOCK  # storage writes a full block of the file as it is
 MAX_FIELD = 64 << 10
 MAX_PARTS = 1000  # Starlette's own caps on a form (max_fields, max_files): more is an attack, not a form
 MAX_HEADER = 8 << 10  # bytes in one part header (name or value)

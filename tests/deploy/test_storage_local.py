@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import random
 import subprocess
@@ -76,11 +77,21 @@ def test_publishing_again_replaces_a_non_empty_directory(tmp_path):
 SIZES = [0, 1, DIRECT_BLOCK - 1, DIRECT_BLOCK, DIRECT_BLOCK + 1, 3 * DIRECT_BLOCK + 7]
 
 
+def aligned(data: bytes) -> mmap.mmap:
+    """A page-aligned block, as an upload's blocks come (upload_blocks.Blocks)."""
+    block = mmap.mmap(-1, len(data))
+    block[:] = data
+    return block
+
+
 def write_in_pieces(writer, data: bytes, seed: int) -> None:
+    """Cut at random, some pieces a page-aligned block of DIRECT_BLOCK bytes (written as it is when
+    it starts a block of the file, copied when it does not)."""
     rng, i = random.Random(seed), 0
     while i < len(data):
-        n = rng.choice([1, 100, 65536, DIRECT_BLOCK - 3, 2 * DIRECT_BLOCK + 5])
-        writer.write(data[i:i + n])
+        n = rng.choice([1, 100, 65536, DIRECT_BLOCK - 3, 2 * DIRECT_BLOCK + 5, DIRECT_BLOCK])
+        piece = data[i:i + n]
+        writer.write(aligned(piece) if len(piece) == DIRECT_BLOCK and rng.random() < 0.8 else piece)
         i += n
 
 
@@ -96,15 +107,16 @@ def test_a_stored_file_is_byte_for_byte_what_was_written_however_it_was_cut(tmp_
     assert [p.name for p in (tmp_path / "p").iterdir()] == ["f.jsonl"]
 
 
+@pytest.mark.parametrize("blocks", ["bytes", "aligned"])
 @pytest.mark.parametrize("direct_io", [True, False])
-def test_a_large_file_is_written_past_the_page_cache_unless_told_not_to(tmp_path, direct_io):
+def test_a_large_file_is_written_past_the_page_cache_unless_told_not_to(tmp_path, direct_io, blocks):
     """Only the tail (under one block) goes through the page cache: a big upload does not push out
     what the cache holds. WHETSTONE_STORAGE_DIRECT_IO=false writes it all through the cache.
     (`fincore` reads how much of the file is in memory.)"""
     files = storage_for(Settings(data_dir=tmp_path, storage_direct_io=direct_io), "files")
     with files.writer("big") as writer:
         for _ in range(8):
-            writer.write(b"x" * DIRECT_BLOCK)
+            writer.write(b"x" * DIRECT_BLOCK if blocks == "bytes" else aligned(b"x" * DIRECT_BLOCK))
         writer.write(b"tail")
         writer.commit()
     resident = int(subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
