@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -70,6 +72,29 @@ def test_requests_one_after_another_on_one_connection_keep_their_own_bodies(base
             body = os.urandom(size)
             digest, _, _ = _answer(client.post(f"{base}/", content=body))
             assert digest == hashlib.sha256(body).hexdigest(), size
+
+
+def test_a_request_sent_right_behind_a_long_body_in_the_same_packet_is_answered_too(base) -> None:
+    """A body of known length is taken past the parser; what follows it in the same socket read is
+    the next request (pipelined), which must be parsed as one."""
+    host, port = base.removeprefix("http://").split(":")
+    first, second = os.urandom(700_000), os.urandom(1000)
+
+    def request(body: bytes) -> bytes:
+        return f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        whole = request(first)
+        sock.sendall(whole[:5000])
+        time.sleep(0.2)  # the headers and a first piece of body, parsed
+        sock.sendall(whole[5000:] + request(second))
+        answers = sock.makefile("rb")
+        bodies = []
+        for _ in range(2):
+            assert answers.readline().startswith(b"HTTP/1.1 200")
+            headers = dict(line.rstrip(b"\r\n").split(b": ", 1) for line in iter(answers.readline, b"\r\n"))
+            bodies.append(answers.read(int(headers[b"content-length"])).split()[0].decode())
+    assert bodies == [hashlib.sha256(first).hexdigest(), hashlib.sha256(second).hexdigest()]
 
 
 def test_a_slow_consumer_holds_about_the_high_water_mark_of_a_body(base) -> None:
