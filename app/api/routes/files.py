@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, StorageDep
+from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, StorageDep, caller_session
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import invalid
@@ -112,16 +112,21 @@ def _store_upload(settings: Settings, storage: Storage, caller: Caller, sink: se
 
 
 @router.get("", response_model=ListResponse[FileObject])
-def list_files(
+async def list_files(
+    request: Request,
     purpose: str | None = None,
     limit: int = Query(10000, ge=1, le=10000),
     after: str | None = None,
     order: Literal["asc", "desc"] = "desc",
-    caller: Caller = CallerDep,
-    session: Session = SessionDep,
 ) -> ListResponse[FileObject]:
-    rows, has_more = service.list_files(session, caller, purpose=purpose, limit=limit, after=after, order=order)
-    data = [service.to_wire(r) for r in rows]
+    return await run_in_threadpool(_list_files, request, purpose, limit, after, order)  # one thread hop (deps.caller_session)
+
+
+def _list_files(request: Request, purpose: str | None, limit: int, after: str | None,
+                order: str) -> ListResponse[FileObject]:
+    with caller_session(request) as (session, caller):
+        rows, has_more = service.list_files(session, caller, purpose=purpose, limit=limit, after=after, order=order)
+        data = [service.to_wire(r) for r in rows]
     return ListResponse[FileObject](data=data, has_more=has_more,
                                     first_id=data[0].id if data else None, last_id=data[-1].id if data else None)
 
