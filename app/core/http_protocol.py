@@ -51,7 +51,7 @@ class BodyProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if not self._left:
             super().data_received(data)
-            if not self._complete and self._length is not None and self.cycle is not None:
+            if not self._complete and self._length is not None:  # (set once its cycle exists)
                 self._left = self._length - self._parsed  # the rest of this body: past the parser
             return
         self._unset_keepalive_if_required()

@@ -165,11 +165,9 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: s
                 except FormParserError:
                     raise _bad_body("it is not valid multipart/form-data.") from None
                 in_data = parts.reported_all(chunk)
-            while (full := blocks.take()) is not None:
-                await workers.hand_on(full)
+            await workers.hand_on_full()
         parser.finalize()
-        while (full := blocks.take()) is not None:
-            await workers.hand_on(full)
+        await workers.hand_on_full()
         if rest := blocks.rest():
             await workers.hand_on(rest)
         done = True

@@ -86,6 +86,11 @@ class Lanes:
         for queue in self._queues:
             queue.put_nowait(block)
 
+    async def hand_on_full(self) -> None:
+        """Every full block `blocks` holds, in order."""
+        while (full := self.blocks.take()) is not None:
+            await self.hand_on(full)
+
     async def close(self, drop: bool = False) -> None:
         """Wait until the lanes are done with what was handed on (`drop`: skip what no lane has
         begun; for a body given up on). Shielded: a cancelled request still waits for its threads."""

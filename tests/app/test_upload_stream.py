@@ -27,10 +27,11 @@ def body(parts: list[tuple[str, str | None, bytes]]) -> bytes:
     return out + b"--" + BOUNDARY + b"--\r\n"
 
 
-def read(raw: bytes, consume, chunk: int = 7, block: int = 50, lanes=None):
+def read(raw: bytes | list[bytes], consume, chunk: int = 7, block: int = 50, lanes=None):
+    """`raw` cut into chunks of `chunk` bytes, or given as its chunks."""
     async def chunks():
-        for i in range(0, len(raw), chunk):
-            yield raw[i:i + chunk]
+        for piece in raw if isinstance(raw, list) else (raw[i:i + chunk] for i in range(0, len(raw), chunk)):
+            yield piece
 
     return asyncio.run(read_form(f"multipart/form-data; boundary={BOUNDARY.decode()}", chunks(), "file",
                                  lanes or [consume], block=block))
@@ -65,21 +66,15 @@ def test_the_file_comes_through_whole_whatever_the_chunks_and_its_bytes_like_a_d
         cuts = sorted(rng.sample(range(1, len(raw)), min(len(raw) - 1, rng.randint(0, 12))))
         chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
         blocks: list[bytes] = []
-
-        async def body_chunks():
-            for chunk in chunks:
-                yield chunk
-
-        form = asyncio.run(read_form(f"multipart/form-data; boundary={BOUNDARY.decode()}", body_chunks(), "file",
-                                     [lambda block: blocks.append(bytes(block))], block=rng.choice([50, 4096])))
+        form = read(chunks, lambda block: blocks.append(bytes(block)), block=rng.choice([50, 4096]))
         assert form.error is None and b"".join(blocks) == content, (trial, chunks)
         assert form.fields == {"purpose": "fine-tune", "after": "y\r\n--z"} and form.file_bytes == len(content)
 
 
 def test_a_large_file_goes_through_a_few_buffers():
     """Memory stays at a few blocks whatever the file's size: AHEAD handed on, one full waiting for
-    room and one filling (for chunks no larger than a block, as the network gives them). A block's buffer is reused once
-    consumed, and full blocks are handed on as they fill, chunk after chunk."""
+    room and one filling (for chunks no larger than a block, as the network gives them). A block's
+    buffer is reused once consumed, and full blocks are handed on as they fill, chunk after chunk."""
     content = chat_jsonl(300)
     buffers, blocks = set(), []
 
