@@ -10,7 +10,10 @@ Here:
   for the connection's next request (and whatever followed the body in the same read goes to it);
 - the chunks are kept as they came: when the app asks, one waiting chunk is handed on as it is,
   several are joined once.
-As in uvicorn, reading stops once more than 64 KiB wait, so nearly always just one waits. This
+As in uvicorn, reading stops once more than 64 KiB wait, so nearly always just one waits.
+`HttpProtocol`, the one the server runs, has the socket read into a buffer of READ_SIZE bytes
+(asyncio's BufferedProtocol) rather than into uvloop's own 256 KB: the same one copy out of it
+per read, and a quarter of the reads, and of the app's turns per body, for a large upload. This
 leans on uvicorn's internals: its version is pinned in pyproject.toml, and
 tests/app/test_http_protocol.py checks the bodies an app receives.
 
@@ -18,6 +21,9 @@ bench/http_body.py measures the HTTP layer alone against uvicorn's own protocol.
 """
 
 from __future__ import annotations
+
+import asyncio
+import threading
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -94,3 +100,47 @@ class BodyProtocol(HttpToolsProtocol):
         if cycle.body.size > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
         cycle.message_event.set()
+
+
+READ_SIZE = 1 << 20  # bytes one socket read may take
+
+
+class _ReadBuffer(threading.local):
+    """One read buffer per event-loop thread: a read's bytes are copied out of it at once."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(READ_SIZE))
+
+
+_READ_BUFFER = _ReadBuffer()
+
+
+class HttpProtocol(asyncio.BufferedProtocol):
+    """BodyProtocol, with reads of up to READ_SIZE bytes into its thread's buffer. uvloop reads
+    into a protocol's buffer only when it is not an `asyncio.Protocol`, as uvicorn's are: hence a
+    protocol of its own that hands each read on to a BodyProtocol."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - uvicorn's, for BodyProtocol
+        self.http = BodyProtocol(*args, **kwargs)
+        self._view = _READ_BUFFER.view  # (made on the loop's thread, which reads into it)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.http.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.http.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.http.eof_received()
+
+    def pause_writing(self) -> None:
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.http.resume_writing()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.http.data_received(self._view[:nbytes].tobytes())

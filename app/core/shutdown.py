@@ -15,7 +15,7 @@ import logging
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.http_protocol import BodyProtocol
+from app.core.http_protocol import HttpProtocol
 
 log = logging.getLogger("whetstone.shutdown")
 
@@ -110,7 +110,7 @@ class GracefulServer(uvicorn.Server):
 def server_config(app, host: str, port: int, grace: float) -> uvicorn.Config:  # noqa: ANN001
     """How the API is served; access lines come from app/api/routes/ops.py, not uvicorn."""
     return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                          timeout_graceful_shutdown=grace, http=BodyProtocol)
+                          timeout_graceful_shutdown=grace, http=HttpProtocol)
 
 
 def run_server(app, host: str, port: int, grace: float) -> None:  # noqa: ANN001

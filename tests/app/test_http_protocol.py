@@ -1,6 +1,7 @@
 """The API's HTTP protocol (app/core/http_protocol.py) on a real uvicorn server: request bodies
 arrive whole and in order, however they are framed, request after request on one connection,
-and a consumer that does not read holds at most about uvicorn's 64 KiB high-water mark of a body."""
+and a consumer that does not read holds at most one socket read past uvicorn's 64 KiB high-water
+mark of a body."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
+from app.core.http_protocol import READ_SIZE
 from tests.e2e.server import in_thread
 
 
@@ -101,6 +103,6 @@ def test_a_slow_consumer_holds_about_the_high_water_mark_of_a_body(base) -> None
     body = os.urandom(24 << 20)
     digest, _, largest = _answer(httpx.post(f"{base}/?slow", content=body, timeout=60))
     assert digest == hashlib.sha256(body).hexdigest()
-    # Reading stops once more than 64 KiB wait; the socket read that crossed it (<= 256 KiB in
-    # uvloop) is kept whole. Without the pause, 20 ms waits would let several MB pile up.
-    assert largest <= HIGH_WATER_LIMIT + (256 << 10)
+    # Reading stops once more than 64 KiB wait; the socket read that crossed it (<= READ_SIZE) is
+    # kept whole. Without the pause, 20 ms waits would let several MB pile up.
+    assert largest <= HIGH_WATER_LIMIT + READ_SIZE
