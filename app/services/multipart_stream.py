@@ -9,6 +9,10 @@ bytes the server makes, that storage can write to the disk as they are. Each blo
 caller's lanes (for a file: its line check and its write), each in a worker thread, a few blocks
 apart at most, so memory stays at a few blocks whatever the file's size.
 
+Where the server offers it (app/core/http_protocol.py, BodyInto), the file's data is read off
+the socket straight into the blocks, not copied at all, up to the first delimiter or a CR near
+the end of a read that may begin one. The bytes from there on go through the parser as usual.
+
 A lane that raises (a bad line, a file too large) stops the handing on; the rest of the body
 is still read (and dropped), so the client, still sending, gets the answer rather than a reset
 connection. The first error is returned in `Form.error` for the caller to raise once it has
@@ -17,6 +21,8 @@ looked at the fields.
 
 from __future__ import annotations
 
+import asyncio
+import mmap
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +30,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import invalid
+from app.core.http_protocol import BodyInto
 from app.services.storage import DIRECT_BLOCK
 from app.services.upload_blocks import Blocks, Lane, Lanes
 
@@ -124,13 +131,67 @@ class _Parts:
         self.in_file = False
 
 
+class _FileInto:
+    """The file's data read straight into its blocks (a BodyInto target), while the parser is in
+    it holding nothing back. A read's bytes are all data up to the first delimiter ("\r\n--" and
+    the boundary, RFC 2046), or up to a CR in its last bytes, which may begin one cut by the
+    read's end: those bytes, from there on, are given back for the parser."""
+
+    def __init__(self, parts: _Parts, into: BodyInto, boundary: bytes) -> None:
+        self.parts, self.into = parts, into
+        self.delimiter = b"\r\n--" + boundary
+        self.woken = asyncio.Event()
+        self.reading = False
+
+    def buffer(self) -> memoryview:
+        return self.parts.blocks.space()
+
+    def data_end(self, buffer: mmap.mmap, start: int, end: int) -> int:
+        at = buffer.find(self.delimiter, start, end)
+        if at < 0:
+            at = buffer.find(b"\r", max(start, end - len(self.delimiter) + 1), end)
+        return end if at < 0 else at
+
+    def landed(self, n: int) -> bytes:
+        rest = self.parts.blocks.landed(n, self.data_end)
+        self.parts.form.file_bytes += n - len(rest)
+        if self.parts.blocks.has_full():  # hand it on before reading on: memory stays at a few blocks
+            self.into.pause()
+            self.woken.set()
+        return rest
+
+    def ended(self) -> None:
+        self.reading = False
+        self.woken.set()
+
+    async def read(self, lanes: Lanes) -> None:
+        """Read into the blocks until that ends, handing on each block that fills (nothing, if the
+        server cannot start it now). Call it right after a chunk is received: while the app waits,
+        more bytes arrive, and they are received as chunks first."""
+        if not self.into.start(self):
+            return
+        self.reading = True
+        try:
+            while True:
+                await lanes.hand_on_full()
+                if not self.reading:
+                    break
+                self.into.resume()
+                await self.woken.wait()
+                self.woken.clear()
+        finally:
+            self.into.stop(self)
+
+
 async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: str, lanes: Sequence[Lane],
-                    on_file_start: Callable[[Form], None] = lambda form: None, block: int | None = None) -> Form:
+                    on_file_start: Callable[[Form], None] = lambda form: None, block: int | None = None,
+                    into: BodyInto | None = None) -> Form:
     """Parse the body; the bytes of part `file_field` go to each of `lanes` (upload_blocks.Lanes:
     in order, each lane in a thread): `block` bytes at a time in a page-aligned `mmap`, reused once
     every lane is done with it (keep none of it), the last, shorter block as bytes.
     `on_file_start(form)` runs when that part begins, with the fields sent before it: raise there
-    to skip the file's processing (the error comes back in `Form.error`)."""
+    to skip the file's processing (the error comes back in `Form.error`). `into`: the request's
+    BodyInto, if its server offers one."""
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise invalid("Send the file as multipart/form-data (fields 'file' and 'purpose').", param=file_field)
@@ -147,6 +208,7 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: s
         form.error = form.error or exc
 
     workers = Lanes(lanes, blocks, report)
+    direct = _FileInto(parts, into, options[b"boundary"]) if into is not None else None
     done = False
     try:
         # A chunk without a CR, while the parser is in the file's data holding nothing back, is all
@@ -165,6 +227,8 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], file_field: s
                 except FormParserError:
                     raise _bad_body("it is not valid multipart/form-data.") from None
                 in_data = parts.reported_all(chunk)
+            if in_data and direct is not None and form.error is None:
+                await direct.read(workers)
             await workers.hand_on_full()
         parser.finalize()
         await workers.hand_on_full()

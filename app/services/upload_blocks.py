@@ -2,7 +2,8 @@
 lanes that work on them beside each other.
 
 `Blocks` copies the bytes, as they arrive, into buffers of `size` bytes (`mmap`: page-aligned, so
-storage writes a full one to the disk as it is, past the page cache). `Lanes` hands each block, in
+storage writes a full one to the disk as it is, past the page cache), or has them read straight
+into those buffers (`space`, then `landed`). `Lanes` hands each block, in
 order, to every lane (an upload's line check, its write), each lane in a worker thread of its own,
 up to AHEAD blocks apart; a block's buffer is reused once every lane is done with it. So the check
 and the write of different blocks overlap, and the slower of the two sets the pace rather than
@@ -26,7 +27,8 @@ Lane = Callable[[Block], None]
 
 
 class Blocks:
-    """Bytes copied into buffers of `size` bytes: `take` gives the next full one (None: none is);
+    """Bytes copied (`add`) or read in place (`space`, `landed`) into buffers of `size` bytes:
+    `take` gives the next full one (None: none is);
     a buffer comes back for reuse through `reuse`; `rest` gives what the last, partly filled one holds."""
 
     def __init__(self, size: int) -> None:
@@ -48,6 +50,28 @@ class Blocks:
             if self._fill == self.size:
                 self._full.append(self._current)
                 self._current, self._fill = None, 0
+
+    def space(self) -> memoryview:
+        """The room left in the buffer being filled (never empty), for bytes to land in place."""
+        if self._current is None:
+            self._current = self._free.pop() if self._free else mmap.mmap(-1, self.size)
+        return memoryview(self._current)[self._fill:]
+
+    def landed(self, n: int, cut: Callable[[mmap.mmap, int, int], int]) -> bytes:
+        """`n` bytes landed at the start of `space()`: those before `cut(buffer, start, end)` (an
+        index of theirs in the buffer, or `end`) are kept, as `add` would have copied them; the
+        rest are taken out and returned."""
+        start, current = self._fill, self._current
+        at = cut(current, start, start + n)
+        rest = current[at:start + n] if at < start + n else b""
+        self._fill = at
+        if self._fill == self.size:
+            self._full.append(current)
+            self._current, self._fill = None, 0
+        return rest
+
+    def has_full(self) -> bool:
+        return bool(self._full)
 
     def take(self) -> mmap.mmap | None:
         return self._full.popleft() if self._full else None

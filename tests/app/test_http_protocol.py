@@ -1,13 +1,15 @@
 """The API's HTTP protocol (app/core/http_protocol.py) on a real uvicorn server: request bodies
 arrive whole and in order, however they are framed, request after request on one connection,
 and a consumer that does not read holds at most one socket read past uvicorn's 64 KiB high-water
-mark of a body."""
+mark of a body. An app may have a body read straight into buffers of its own (BodyInto): it gets
+the same bytes, in order, and the connection goes on as before."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
+import random
 import socket
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import httpx
 import pytest
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
-from app.core.http_protocol import READ_SIZE
+from app.core.http_protocol import INTO, READ_SIZE
 from tests.e2e.server import in_thread
 
 
@@ -106,3 +108,138 @@ def test_a_slow_consumer_holds_about_the_high_water_mark_of_a_body(base) -> None
     # Reading stops once more than 64 KiB wait; the socket read that crossed it (<= READ_SIZE) is
     # kept whole. Without the pause, 20 ms waits would let several MB pile up.
     assert largest <= HIGH_WATER_LIMIT + READ_SIZE
+
+
+class _Target:
+    """A BodyInto target: reads land in `room` bytes at a time and are kept, up to the first STOP
+    byte (the bytes from it on are given back). `pause`: pause the reading after every read, for
+    the app to resume it a little later."""
+
+    STOP = b"!"
+
+    def __init__(self, into, room: int, pause: bool) -> None:  # noqa: ANN001
+        self.into, self.room, self.pause = into, bytearray(room), pause
+        self.kept = bytearray()
+        self.woken, self.done = asyncio.Event(), False
+
+    def buffer(self) -> memoryview:
+        return memoryview(self.room)
+
+    def landed(self, n: int) -> bytes:
+        new = bytes(self.room[:n])
+        at = new.find(self.STOP)
+        self.kept += new if at < 0 else new[:at]
+        if self.pause:
+            self.into.pause()
+            self.woken.set()
+        return b"" if at < 0 else new[at:]
+
+    def ended(self) -> None:
+        self.done = True
+        self.woken.set()
+
+
+ENDED: list[str] = []  # how each request's reading into a target ended, for the disconnect test
+
+
+async def _into_digest(scope, receive, send) -> None:  # noqa: ANN001
+    """Has the body read into a _Target (?pause: pausing after each read) after each message it
+    receives, and answers with the body's sha256 and how many of its bytes landed in place."""
+    if scope["type"] != "http":
+        return
+    into = scope.get("extensions", {}).get(INTO)
+    digest, in_place, more = hashlib.sha256(), 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ENDED.append(f"disconnect after {in_place} in place")
+            return
+        digest.update(message["body"])
+        more = message.get("more_body", False)
+        if more and into is not None:
+            target = _Target(into, 64 << 10, pause=scope["query_string"] == b"pause")
+            assert into.start(target)  # right after a receive, no body bytes wait
+            assert not into.start(_Target(into, 10, False))  # one target at a time
+            while not target.done:
+                await target.woken.wait()
+                target.woken.clear()
+                if not target.done:
+                    await asyncio.sleep(0.001)
+                    into.resume()
+            digest.update(target.kept)
+            in_place += len(target.kept)
+    body = f"{digest.hexdigest()} {in_place}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="module")
+def into_base() -> Iterator[str]:
+    with in_thread(_into_digest) as url:
+        yield url
+
+
+def _no_stop(size: int) -> bytes:
+    return os.urandom(size).replace(_Target.STOP, b"?")
+
+
+def test_a_body_read_into_the_apps_buffers_arrives_whole_and_in_place(into_base) -> None:
+    body = _no_stop(12 << 20)
+    digest, in_place = httpx.post(f"{into_base}/", content=body, timeout=30).text.split()
+    assert digest == hashlib.sha256(body).hexdigest()
+    assert int(in_place) > len(body) // 2  # after the first message, all of it: no copy
+
+
+def test_bytes_given_back_and_the_rest_of_the_body_come_to_receive_in_order(into_base) -> None:
+    for stops in (1, 5, 200):
+        body = bytearray(_no_stop(6 << 20))
+        for at in random.Random(stops).sample(range(len(body)), stops):
+            body[at:at + 1] = _Target.STOP
+        digest, in_place = httpx.post(f"{into_base}/", content=bytes(body), timeout=30).text.split()
+        assert digest == hashlib.sha256(body).hexdigest(), stops
+        assert 0 < int(in_place) < len(body)
+
+
+def test_a_target_that_pauses_the_reading_gets_the_whole_body(into_base) -> None:
+    body = _no_stop(4 << 20)
+    digest, in_place = httpx.post(f"{into_base}/?pause", content=body, timeout=60).text.split()
+    assert digest == hashlib.sha256(body).hexdigest() and int(in_place) > 0
+
+
+def test_requests_on_one_connection_and_one_pipelined_behind_a_body_read_in_place(into_base) -> None:
+    with httpx.Client(timeout=30) as client:
+        for size in (10, 3 << 20, 0, 2 << 20):
+            body = _no_stop(size)
+            assert client.post(f"{into_base}/", content=body).text.split()[0] == hashlib.sha256(body).hexdigest()
+    host, port = into_base.removeprefix("http://").split(":")
+    first, second = _no_stop(3 << 20), _no_stop(1000)
+    request = [f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {len(b)}\r\n\r\n".encode() + b for b in (first, second)]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request[0][:5000])
+        time.sleep(0.2)  # the headers and a first piece of body received: the rest is read in place
+        sock.sendall(request[0][5000:] + request[1])
+        answers = sock.makefile("rb")
+        digests = []
+        for _ in range(2):
+            assert answers.readline().startswith(b"HTTP/1.1 200")
+            headers = dict(line.rstrip(b"\r\n").split(b": ", 1) for line in iter(answers.readline, b"\r\n"))
+            digests.append(answers.read(int(headers[b"content-length"])).split()[0].decode())
+    assert digests == [hashlib.sha256(first).hexdigest(), hashlib.sha256(second).hexdigest()]
+
+
+def test_a_client_gone_while_its_body_is_read_in_place_ends_the_reading(into_base) -> None:
+    host, port = into_base.removeprefix("http://").split(":")
+    ENDED.clear()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n" + _no_stop(5000))
+        time.sleep(0.2)
+        sock.sendall(_no_stop(300_000))
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while not ENDED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ENDED and ENDED[0].startswith("disconnect") and ENDED[0] != "disconnect after 0 in place"
+    # and the server goes on serving
+    body = _no_stop(100)
+    assert httpx.post(f"{into_base}/", content=body, timeout=30).text.split()[0] == hashlib.sha256(body).hexdigest()

@@ -14,6 +14,7 @@ from app.api.deps import Caller, CallerDep, SessionDep, SettingsDep, StorageDep,
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import invalid
+from app.core.http_protocol import INTO
 from app.protocol.common import ListResponse
 from app.protocol.files import FileDeleted, FileObject, FileValidation, ValidateFileRequest
 from app.services import files as service
@@ -56,7 +57,7 @@ async def upload_file(
                 service.check_purpose(form.fields["purpose"])
 
         form = await read_form(request.headers.get("content-type", ""), request.stream(), "file", sink.lanes,
-                               purpose_first)
+                               purpose_first, into=request.scope.get("extensions", {}).get(INTO))
         purpose = form.fields.get("purpose")
         if purpose is None:
             raise invalid("Invalid value for 'purpose': Field required", param="purpose", code="invalid_value")
