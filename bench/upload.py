@@ -15,7 +15,7 @@ References, measured in each round right before the upload, on the same file:
 - `cat FILE > /dev/null` from the page cache: memory bandwidth, shown for scale;
 - curl sending the same form to a null sink (a socket that drops what it reads, in this
   process): what the client and the loopback manage with no server work at all, the ceiling of
-  any upload figure here.
+  any upload figure here; and the same for the sendfile client (below).
 Each copy and each uploaded file is deleted after its round, so every round starts alike (on a VM,
 writing into memory the guest has not used yet costs several times more than reusing it).
 The measured server runs with the defaults: the lines checked by the compiled scanner in an API
@@ -24,7 +24,10 @@ the scanner, a server without it that checks with msgspec in two processes of it
 were checked before it (WHETSTONE_LINE_SCANNER=off, WHETSTONE_UPLOAD_CHECK_PROCESSES=2); for
 writing past the page cache, one that writes through it (WHETSTONE_STORAGE_DIRECT_IO=false).
 During each upload another client lists files every 20 ms: its latency is what the upload costs everyone else.
-The client is curl (`-F file=@...`). The servers are real `whetstone serve` processes on a fresh
+The client is curl (`-F file=@...`), and in the same rounds a second one that sends the same
+form with os.sendfile (`send_form`: the file's bytes never pass through the client's user space),
+to show the server's own limit: on a host with few cores, curl's copying takes CPU the server
+would use. The servers are real `whetstone serve` processes on a fresh
 Postgres database; a server's CPU time counts its upload check processes too, and its RSS is sampled
 every 20 ms (goal: growth < 64 MB). The generated file is kept under --cache-dir for the next run.
 """
@@ -125,6 +128,31 @@ def curl_form(path: Path, url: str, *headers: str) -> list[str]:
             "-F", "purpose=fine-tune", "-F", f"file=@{path};type=application/jsonl", url]
 
 
+def send_form(path: Path, url: str, *headers: str) -> bytes:
+    """POST the same multipart form as `curl_form`, the file's bytes sent with os.sendfile;
+    returns the response's body (raises unless it is a 200)."""
+    host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
+    boundary = "whetstone-bench-" + os.urandom(8).hex()
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+            "Content-Type: application/jsonl\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    size = path.stat().st_size
+    request = "".join([f"POST /{url.split('/', 3)[3]} HTTP/1.1\r\nHost: {host}:{port}\r\n", *(h + "\r\n" for h in headers),
+                       f"Content-Type: multipart/form-data; boundary={boundary}\r\n",
+                       f"Content-Length: {len(head) + size + len(tail)}\r\nConnection: close\r\n\r\n"]).encode()
+    with socket.create_connection((host, int(port))) as sock, path.open("rb") as file:
+        sock.sendall(request + head)
+        sent = 0
+        while sent < size:
+            sent += os.sendfile(sock.fileno(), file.fileno(), sent, size - sent)
+        sock.sendall(tail)
+        response = b"".join(iter(lambda: sock.recv(1 << 16), b""))
+    status, _, rest = response.partition(b"\r\n")
+    assert status.split()[1] == b"200", response[:500]
+    return rest.partition(b"\r\n\r\n")[2]
+
+
 class NullSink(threading.Thread):
     """An HTTP endpoint that reads a request's body off the socket into one reused buffer and drops it
     (recv_into: no Python work per byte), then answers 200: curl and the loopback, with no server."""
@@ -195,40 +223,54 @@ def references(path: Path, mb: float, data_dir: Path, sink: NullSink) -> dict:
     started = time.perf_counter()
     subprocess.run(curl_form(path, sink.url), check=True, capture_output=True)
     row["curl to a null sink"] = mb / (time.perf_counter() - started)
+    started = time.perf_counter()
+    send_form(path, sink.url)
+    row["sendfile to a null sink"] = mb / (time.perf_counter() - started)
     return row
 
 
-def upload(server, path: Path, mb: float, actual: int) -> dict:
-    """One upload through curl, measured; its file deleted again afterwards."""
+def client_cpu() -> float:
+    """CPU seconds of this bench's curl children and of this thread (the sendfile client) so far."""
+    return sum(getattr(usage, field) for usage in (resource.getrusage(resource.RUSAGE_CHILDREN),
+               resource.getrusage(resource.RUSAGE_THREAD)) for field in ("ru_utime", "ru_stime"))
+
+
+def upload(server, path: Path, mb: float, actual: int, sendfile: bool = False) -> dict:
+    """One upload through curl (or `send_form`), measured; its file deleted again afterwards."""
     rss_before, cpu_before = rss_bytes(server.pid), tree_cpu(server.pid)
-    curl_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_before = client_cpu()
     sampler, probe = RssSampler(server.pid), LatencyProbe(server)
     sampler.start()
     probe.start()
     out = server.data_dir / "response.json"
     started = time.perf_counter()
-    status = subprocess.run(
-        [*curl_form(path, f"{server.base}/files", f"Authorization: Bearer {server.key}"), "-o", str(out),
-         "-w", "%{http_code}"], check=True, capture_output=True, text=True).stdout
+    if sendfile:
+        out.write_bytes(send_form(path, f"{server.base}/files", f"Authorization: Bearer {server.key}"))
+    else:
+        status = subprocess.run(
+            [*curl_form(path, f"{server.base}/files", f"Authorization: Bearer {server.key}"), "-o", str(out),
+             "-w", "%{http_code}"], check=True, capture_output=True, text=True).stdout
+        assert status == "200", status
     seconds = time.perf_counter() - started
     cpu_after = tree_cpu(server.pid)
-    curl_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_after = client_cpu()
     sampler.stop.set()
     probe.stop.set()
     sampler.join()
     probe.join()
     body = json.loads(out.read_text())
-    assert status == "200" and body.get("bytes") == actual, (status, body)
+    assert body.get("bytes") == actual, body
     subprocess.run(["curl", "-sS", "-o", "/dev/null", "-X", "DELETE", "-H", f"Authorization: Bearer {server.key}",
                     f"{server.base}/files/{body['id']}"], check=True)
     return {"MB/s": mb / seconds,
             "server CPU s": sum(cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items()),
             "API process CPU s": cpu_after[server.pid] - cpu_before[server.pid],
-            "curl CPU s": (curl_after.ru_utime + curl_after.ru_stime) - (curl_before.ru_utime + curl_before.ru_stime),
+            "client CPU s": client_after - client_before,
             "RSS growth MiB": (sampler.peak - rss_before) / 2**20,
             "list p50 ms": 1000 * percentile(probe.times, 50), "list p99 ms": 1000 * percentile(probe.times, 99)}
 
 
+SENDFILE = "upload, sendfile client"
 MSGSPEC = "upload, checked by msgspec in 2 processes"
 CACHED = "upload, written through the page cache"
 
@@ -264,6 +306,7 @@ def main() -> None:
         for number in range(1, args.rounds + 1):
             row = references(path, mb, measured.data_dir, sink)
             row["upload"] = upload(measured, path, mb, actual)
+            row[SENDFILE] = upload(measured, path, mb, actual, sendfile=True)
             row[MSGSPEC] = upload(msgspec, path, mb, actual)
             row[CACHED] = upload(cached, path, mb, actual)
             rows.append(row)
@@ -275,24 +318,25 @@ def main() -> None:
         return statistics.median(get(row) for row in rows)
 
     print(f"medians of {len(rows)} rounds:")
-    for key in ("cold cat", "cat", "cp + sync", "curl to a null sink"):
+    for key in ("cold cat", "cat", "cp + sync", "curl to a null sink", "sendfile to a null sink"):
         print(f"  {key + ':':40s} {median(lambda r: r[key]):6.0f} MB/s")
-    for key in ("upload", MSGSPEC, CACHED):
+    for key in ("upload", SENDFILE, MSGSPEC, CACHED):
         print(f"  {key + ':':40s} {median(lambda r: r[key]['MB/s']):6.0f} MB/s; server CPU "
               f"{median(lambda r: r[key]['server CPU s']):.2f} s (API process "
-              f"{median(lambda r: r[key]['API process CPU s']):.2f} s), curl {median(lambda r: r[key]['curl CPU s']):.2f} s;"
+              f"{median(lambda r: r[key]['API process CPU s']):.2f} s), client {median(lambda r: r[key]['client CPU s']):.2f} s;"
               f" meanwhile GET /v1/files p50 {median(lambda r: r[key]['list p50 ms']):.1f} ms, "
               f"p99 {median(lambda r: r[key]['list p99 ms']):.1f} ms")
     print("ratios (median of the rounds' own):")
-    print(f"  upload / cp + sync:           {median(lambda r: r['upload']['MB/s'] / r['cp + sync']):.3f}x  (goal >= 0.5)")
-    for key in ("cold cat", "cat", "curl to a null sink"):
-        print(f"  upload / {key + ':':20s} {median(lambda r: r['upload']['MB/s'] / r[key]):.3f}x")
+    for client, sink_key in (("upload", "curl to a null sink"), (SENDFILE, "sendfile to a null sink")):
+        for key in ("cp + sync", "cold cat", "cat", sink_key):
+            print(f"  {client + ' / ' + key + ':':50s} {median(lambda r: r[client]['MB/s'] / r[key]):.3f}x"
+                  + ("  (goal >= 0.5)" if key in ("cp + sync", "cold cat") else ""))
     for key in (MSGSPEC, CACHED):
         print(f"  upload / {key}: {median(lambda r: r['upload']['MB/s'] / r[key]['MB/s']):.3f}x in MB/s, "
               f"{median(lambda r: r['upload']['API process CPU s'] / r[key]['API process CPU s']):.3f}x in the API "
               f"process's CPU, {median(lambda r: r['upload']['list p99 ms'] / r[key]['list p99 ms']):.3f}x in the "
               "other client's p99")
-    growth = max(max(r[k]["RSS growth MiB"] for k in ("upload", MSGSPEC, CACHED)) for r in rows)
+    growth = max(max(r[k]["RSS growth MiB"] for k in ("upload", SENDFILE, MSGSPEC, CACHED)) for r in rows)
     print(f"server RSS growth: {growth:.1f} MiB at most  (goal < 64)")
     print(f"after: {load()}")
 
