@@ -74,7 +74,8 @@ class BodyInto:
     """Offered to the app for a body of known length (HttpProtocol only): `start(target)` has the
     socket read the rest of the body into `target`'s buffers, until the target gives bytes back,
     the body is complete or the client is gone (then `target.ended()`); the bytes after any given
-    back come to `receive` as usual. False: not now (body bytes already wait; receive them first).
+    back come to `receive` as usual. False: not now (body bytes already wait, or the client waits
+    for its 100 Continue: receive first).
     `pause()` / `resume()` the reading meanwhile (the target's flow control); `stop(target)` ends
     it early (a request given up on)."""
 
@@ -84,7 +85,7 @@ class BodyInto:
     def start(self, target: IntoTarget) -> bool:
         http, cycle = self.http, self.cycle
         if http.cycle is not cycle or not http._left or http.into is not None or len(cycle.body) \
-                or cycle.disconnected or cycle.response_complete:
+                or cycle.waiting_for_100_continue or cycle.disconnected or cycle.response_complete:
             return False
         http.into = target
         http.flow.resume_reading()

@@ -148,6 +148,13 @@ async def _into_digest(scope, receive, send) -> None:  # noqa: ANN001
     if scope["type"] != "http":
         return
     into = scope.get("extensions", {}).get(INTO)
+    if scope["query_string"] == b"early":  # before any receive: the client may still wait for its 100 Continue
+        early = _Target(into, 10, False)
+        started = into.start(early)
+        into.stop(early)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": f"{started!s:5}".encode()})
+        return
     digest, in_place, more = hashlib.sha256(), 0, True
     while more:
         message = await receive()
@@ -243,3 +250,11 @@ def test_a_client_gone_while_its_body_is_read_in_place_ends_the_reading(into_bas
     # and the server goes on serving
     body = _no_stop(100)
     assert httpx.post(f"{into_base}/", content=body, timeout=30).text.split()[0] == hashlib.sha256(body).hexdigest()
+
+
+def test_reading_in_place_does_not_start_while_the_client_waits_for_100_continue(into_base) -> None:
+    host, port = into_base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /?early HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"False"), answer
