@@ -26,8 +26,8 @@ writing past the page cache, one that writes through it (WHETSTONE_STORAGE_DIREC
 During each upload another client lists files every 20 ms: its latency is what the upload costs everyone else.
 The client is curl (`-F file=@...`), and in the same rounds a second one that sends the same
 form with os.sendfile (`send_form`: the file's bytes never pass through the client's user space),
-to show the server's own limit: on a host with few cores, curl's copying takes CPU the server
-would use. The servers are real `whetstone serve` processes on a fresh
+so that the server's figure can be told apart from the client's: on a host with few cores, curl's
+copying takes CPU the server could use. The servers are real `whetstone serve` processes on a fresh
 Postgres database; a server's CPU time counts its upload check processes too, and its RSS is sampled
 every 20 ms (goal: growth < 64 MB). The generated file is kept under --cache-dir for the next run.
 """
