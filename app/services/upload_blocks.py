@@ -14,11 +14,12 @@ one filling (for network chunks no larger than a block).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import mmap
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-
-from fastapi.concurrency import run_in_threadpool
 
 AHEAD = 3  # blocks handed on and not yet done by every lane
 
@@ -98,17 +99,22 @@ class Lanes:
                  ahead: int = AHEAD) -> None:
         self.blocks, self.report = blocks, report
         self.failed = False
+        self._loop = asyncio.get_running_loop()
         self._room = asyncio.Semaphore(ahead)
         self._left: dict[int, int] = {}  # id(block) -> lanes not done with it yet
-        self._queues: list[asyncio.Queue] = [asyncio.Queue() for _ in lanes]
-        self._tasks = [asyncio.ensure_future(self._run(lane, queue)) for lane, queue in zip(lanes, self._queues)]
+        self._inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in lanes]
+        self._exited = [self._loop.create_future() for _ in lanes]
+        context = contextvars.copy_context()
+        for lane, inbox, exited in zip(lanes, self._inboxes, self._exited):
+            threading.Thread(target=context.copy().run, args=(self._run, lane, inbox, exited), daemon=True,
+                             name="upload-lane").start()
 
     async def hand_on(self, block: Block) -> None:
         """Waits while AHEAD blocks are still being worked on."""
         await self._room.acquire()
-        self._left[id(block)] = len(self._queues)
-        for queue in self._queues:
-            queue.put_nowait(block)
+        self._left[id(block)] = len(self._inboxes)
+        for inbox in self._inboxes:
+            inbox.put(block)
 
     async def hand_on_full(self) -> None:
         """Every full block `blocks` holds, in order."""
@@ -119,23 +125,28 @@ class Lanes:
         """Wait until the lanes are done with what was handed on (`drop`: skip what no lane has
         begun; for a body given up on). Shielded: a cancelled request still waits for its threads."""
         self.failed = self.failed or drop
-        for queue in self._queues:
-            queue.put_nowait(None)
-        await asyncio.shield(asyncio.gather(*self._tasks))
+        for inbox in self._inboxes:
+            inbox.put(None)
+        await asyncio.shield(asyncio.gather(*self._exited))
 
-    async def _run(self, lane: Lane, queue: asyncio.Queue) -> None:
-        while (block := await queue.get()) is not None:
-            try:
+    def _run(self, lane: Lane, inbox: queue.SimpleQueue, exited: asyncio.Future) -> None:
+        """A lane's thread: its blocks in order, each one's end told to the loop."""
+        try:
+            while (block := inbox.get()) is not None:
+                error = None
                 if not self.failed:
-                    await run_in_threadpool(lane, block)
-            except Exception as exc:  # noqa: BLE001 - the first error wins; later blocks are dropped
-                if not self.failed:
-                    self.failed = True
-                    self.report(exc)
-            finally:
-                self._done(block)
+                    try:
+                        lane(block)
+                    except Exception as exc:  # noqa: BLE001 - the first error wins; later blocks are dropped
+                        error = exc
+                self._loop.call_soon_threadsafe(self._done, block, error)
+        finally:
+            self._loop.call_soon_threadsafe(exited.set_result, None)
 
-    def _done(self, block: Block) -> None:
+    def _done(self, block: Block, error: BaseException | None) -> None:
+        if error is not None and not self.failed:
+            self.failed = True
+            self.report(error)
         key = id(block)
         self._left[key] -= 1
         if not self._left[key]:
