@@ -99,6 +99,7 @@ class Lanes:
                  ahead: int = AHEAD) -> None:
         self.blocks, self.report = blocks, report
         self.failed = False
+        self._first = threading.Lock()  # for the first error's check-and-set, across the lanes' threads
         self._loop = asyncio.get_running_loop()
         self._room = asyncio.Semaphore(ahead)
         self._left: dict[int, int] = {}  # id(block) -> lanes not done with it yet
@@ -138,14 +139,15 @@ class Lanes:
                     try:
                         lane(block)
                     except Exception as exc:  # noqa: BLE001 - the first error wins; later blocks are dropped
-                        error = exc
+                        with self._first:
+                            if not self.failed:  # at once, so that no lane starts another block
+                                self.failed, error = True, exc
                 self._loop.call_soon_threadsafe(self._done, block, error)
         finally:
             self._loop.call_soon_threadsafe(exited.set_result, None)
 
     def _done(self, block: Block, error: BaseException | None) -> None:
-        if error is not None and not self.failed:
-            self.failed = True
+        if error is not None:  # (the first error: only one lane gets one to pass on)
             self.report(error)
         key = id(block)
         self._left[key] -= 1
