@@ -22,6 +22,12 @@ from app.core.http_protocol import INTO, READ_SIZE
 from tests.e2e.server import in_thread
 
 
+async def _reply(send, body: bytes) -> None:  # noqa: ANN001
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _echo_digest(scope, receive, send) -> None:  # noqa: ANN001
     """Answers with the body's sha256, how many messages it came in, and the largest one.
     With `?slow`, waits a while before each receive, as a slow consumer does."""
@@ -39,10 +45,7 @@ async def _echo_digest(scope, receive, send) -> None:  # noqa: ANN001
         largest = max(largest, len(message["body"]))
         if not message.get("more_body"):
             break
-    body = f"{digest.hexdigest()} {messages} {largest}".encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await _reply(send, f"{digest.hexdigest()} {messages} {largest}".encode())
 
 
 @pytest.fixture(scope="module")
@@ -175,10 +178,7 @@ async def _into_digest(scope, receive, send) -> None:  # noqa: ANN001
                     into.resume()
             digest.update(target.kept)
             in_place += len(target.kept)
-    body = f"{digest.hexdigest()} {in_place}".encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await _reply(send, f"{digest.hexdigest()} {in_place}".encode())
 
 
 @pytest.fixture(scope="module")
