@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,12 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from tests.app.serving_helpers import register_fine_tune
 from tests.conftest import REPO, TINY, Api, new_key
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.e2e.server import free_port
 
 
 @pytest.fixture
 def inference_url(settings):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "WHETSTONE_DATABASE_URL": settings.resolved_database_url,
            "WHETSTONE_DATA_DIR": str(settings.resolved_data_dir),
            "WHETSTONE_BASE_MODELS_DIR": str(settings.resolved_base_models_dir), "PYTHONPATH": str(REPO)}
@@ -83,7 +77,7 @@ def test_api_proxies_to_the_inference_process(settings, inference_url, tiny_mode
 
 
 def test_proxy_answers_503_when_the_inference_process_is_down(settings, api):
-    with TestClient(create_app(settings.model_copy(update={"inference_url": f"http://127.0.0.1:{_free_port()}"}))) as client:
+    with TestClient(create_app(settings.model_copy(update={"inference_url": f"http://127.0.0.1:{free_port()}"}))) as client:
         response = Api(client, api.headers["Authorization"][7:]).post(
             "/v1/completions", json={"model": TINY, "prompt": "x"})
         assert response.status_code == 503 and response.headers["retry-after"]
