@@ -239,8 +239,8 @@ def client_cpu() -> float:
 
 
 def upload(server, path: Path, mb: float, actual: int, sendfile: bool = False, lister: bool = True) -> dict:
-    """One upload through curl (or `send_form`), measured, while another client lists files (unless
-    not `lister`); its file deleted again afterwards."""
+    """One upload through curl (or `send_form`), measured, with another client listing files meanwhile
+    if `lister`; its file deleted again afterwards."""
     rss_before, cpu_before = rss_bytes(server.pid), tree_cpu(server.pid)
     client_before = client_cpu()
     sampler, probe = RssSampler(server.pid), LatencyProbe(server)
@@ -285,8 +285,11 @@ SENDFILE_LISTED = "upload, sendfile client, another client listing"
 MSGSPEC = "upload, checked by msgspec in 2 processes"
 CACHED = "upload, written through the page cache"
 MEASURED = {ALONE: (False, False), SENDFILE_ALONE: (True, False), LISTED: (False, True), SENDFILE_LISTED: (True, True)}
-SINKS = {ALONE: "curl to a null sink", SENDFILE_ALONE: "sendfile to a null sink",
-         LISTED: "curl to a null sink", SENDFILE_LISTED: "sendfile to a null sink"}
+
+
+def sink_of(client: str) -> str:
+    """The null-sink reference of a measured upload's client."""
+    return "sendfile to a null sink" if MEASURED[client][0] else "curl to a null sink"
 
 
 def main() -> None:
@@ -344,7 +347,7 @@ def main() -> None:
                  f"p99 {median(lambda r: r[key]['list p99 ms']):.1f} ms" if "list p99 ms" in rows[0][key] else ""))
     print("ratios (median of the rounds' own; the issue's figure is the upload alone):")
     for client in MEASURED:
-        for key in ("cp + sync", "cold cat", "cat", SINKS[client]):
+        for key in ("cp + sync", "cold cat", "cat", sink_of(client)):
             print(f"  {client + ' / ' + key + ':':70s} {median(lambda r: r[client]['MB/s'] / r[key]):.3f}x"
                   + ("  (goal >= 0.5)" if key in ("cp + sync", "cold cat") else ""))
     for key in (MSGSPEC, CACHED):
